@@ -1,0 +1,301 @@
+"""Piper arm driver: one lifecycle node per CAN bus (a master/puppet pair shares a bus).
+
+  unconfigured --configure--> inactive: CAN open, state published, arm untouched
+  inactive --activate--> active: (follow mode) motors enabled, commands executed
+  active --deactivate--> inactive: (follow mode) motors disabled
+  cleanup / shutdown: motors disabled (follow mode), CAN closed
+
+Modes: ``teleop`` reads the puppet and the master arm's targets and sends nothing (the
+hardware master-puppet link drives the arm); ``follow`` drives the puppet from the command
+topic. The safety rules live in ``sf_policy.drivers.piper.PiperArm``; this node adds the
+command's age check, the e-stop services and diagnostics. See docs/interfaces.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+
+from sf_policy import topics
+from sf_policy.config import ConfigError, load_robot_config
+from sf_policy.drivers.piper import ArmReading, ArmSilentError, PiperArm
+from sf_policy.embodiment import ARM_STATE_NAMES
+
+from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
+                     publish_diagnostics, run_node, stamp_to_ns)
+
+MODES = ("teleop", "follow")
+
+
+class PiperArmDriver(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(kwargs.pop("node_name", "piper_arm_driver"), **kwargs)
+        p = self.declare_parameter
+        self.side = p("side", "left").value
+        self.robot_config = p("robot_config", "").value
+        self.mode = p("mode", "follow").value
+        self.speed_percent = p("speed_percent", 50).value
+        self.gripper_effort = p("gripper_effort", 1.0).value
+        self.silence_timeout = p("silence_timeout", 0.25).value
+        self.max_command_age = p("max_command_age", 0.2).value
+        self.frame_id = p("frame_id", "").value or f"{self.side}_base_link"
+        self.diagnostics_period = p("diagnostics_period", 1.0).value
+        self.simulate = p("simulate", False).value
+        self.autostart = p("autostart", False).value
+        self._check_parameters()
+        self.arm: PiperArm | None = None
+        self.sim = None
+        self._active = False
+        self._was_silent = True
+        self._counts = {"commands": 0, "refused": 0, "clamped": 0, "stale": 0}
+        self._last_refusal = ""
+        self._count_lock = threading.Lock()
+        self._diag_pub = diagnostics_publisher(self)
+        self._diag_timer = None
+        if self.autostart:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    def _check_parameters(self) -> None:
+        if self.side not in ("left", "right"):
+            raise ConfigError("(node parameters)", "side", f"expected left or right, got {self.side!r}")
+        if self.mode not in MODES:
+            raise ConfigError("(node parameters)", "mode", f"expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.robot_config:
+            raise ConfigError("(node parameters)", "robot_config", "path to the robot YAML is required")
+        self.robot = load_robot_config(self.robot_config)  # fails here, naming file and field
+        if self.side not in self.robot.arms:
+            raise ConfigError(self.robot_config, f"arms.{self.side}", "no entry for this arm side")
+
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        arm_cfg = self.robot.arms[self.side]
+        if self.simulate:
+            self.sim = self._start_simulated_arm(arm_cfg)
+        self._state_pub = self.create_publisher(JointState, topics.puppet_state(self.side), SENSOR_QOS)
+        self._master_pub = self.create_publisher(JointState, topics.master_state(self.side), SENSOR_QOS)
+        try:
+            self.arm = PiperArm(arm_cfg.can_port, arm_cfg.bustype, self.robot.limits, self.speed_percent,
+                                self.gripper_effort, self.silence_timeout, on_state=self._publish_state,
+                                on_master=self._publish_master if self.mode == "teleop" else None)
+            self.arm.connect()
+        except Exception as exc:  # the SDK raises ConnectionError, ValueError...
+            self.get_logger().error(f"cannot open CAN port {arm_cfg.can_port!r} ({arm_cfg.bustype}) "
+                                    f"from {self.robot_config}: {exc}")
+            self._stop_simulated_arm()
+            return TransitionCallbackReturn.FAILURE
+        self._cmd_sub = self.create_subscription(JointState, topics.arm_command(self.side), self._on_command,
+                                                 COMMAND_QOS)
+        self._srv_estop = self.create_service(Trigger, "~/estop", self._on_estop)
+        self._srv_resume = self.create_service(Trigger, "~/resume", self._on_resume)
+        self._diag_timer = self.create_timer(self.diagnostics_period, self._publish_diagnostics)
+        self.get_logger().info(f"{self.side} arm on {arm_cfg.can_port} ({arm_cfg.bustype}), mode={self.mode}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        if self.mode == "follow":
+            try:
+                self.arm.enable()
+            except ArmSilentError as exc:
+                self.get_logger().error(f"cannot activate: {exc}")
+                return TransitionCallbackReturn.FAILURE
+        self._active = True
+        self.get_logger().info("active: " + ("executing commands on " + topics.arm_command(self.side)
+                                             if self.mode == "follow" else "teleop, reading only"))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        if self.mode == "follow":
+            self.arm.disable()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Called on process exit: never leave the motors enabled behind us."""
+        self._release()
+
+    def _release(self) -> None:
+        was_active, self._active = self._active, False
+        if self.arm is not None:
+            if self.mode == "follow" and was_active and not self.arm.is_silent():
+                self.arm.disable()
+            self.arm.close()
+            self.arm = None
+        for name in ("_cmd_sub", "_srv_estop", "_srv_resume"):
+            entity = self.__dict__.pop(name, None)
+            if entity is not None:
+                destroy = self.destroy_subscription if name == "_cmd_sub" else self.destroy_service
+                destroy(entity)
+        if self._diag_timer is not None:
+            self._diag_timer.cancel()
+            self._diag_timer = None
+        self._stop_simulated_arm()
+
+    # --- simulated hardware --------------------------------------------------------------
+    def _start_simulated_arm(self, arm_cfg):
+        from sf_policy.sim.piper_can import SimulatedPiper
+
+        if arm_cfg.bustype != "virtual":
+            raise ConfigError(self.robot_config, f"arms.{self.side}.bustype",
+                              "simulate:=true needs bustype 'virtual' (never simulate on a real bus)")
+        master = _teleop_wave(self.side) if self.mode == "teleop" else None
+        return SimulatedPiper(arm_cfg.can_port, "virtual", master=master).start()
+
+    def _stop_simulated_arm(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+            self.sim = None
+
+    # --- state out -----------------------------------------------------------------------
+    def _joint_state(self, reading: ArmReading) -> JointState:
+        return JointState(header=header(reading.stamp_ns, self.frame_id), name=list(ARM_STATE_NAMES),
+                          position=reading.position.tolist(), velocity=reading.velocity.tolist(),
+                          effort=reading.effort.tolist())
+
+    def _publish_state(self, reading: ArmReading) -> None:
+        self._state_pub.publish(self._joint_state(reading))  # runs on the SDK's CAN thread
+
+    def _publish_master(self, reading: ArmReading) -> None:
+        self._master_pub.publish(self._joint_state(reading))
+
+    # --- commands in ---------------------------------------------------------------------
+    def _on_command(self, msg: JointState) -> None:
+        if not self._active or self.mode != "follow" or self.arm is None:
+            return
+        with self._count_lock:
+            self._counts["commands"] += 1
+        age = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) / 1e9
+        if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0:
+            return self._refuse("command has no header.stamp; stamp commands so stale ones can be refused", "stale")
+        if age > self.max_command_age:
+            return self._refuse(f"stale command: {age * 1000:.0f} ms old (max_command_age "
+                                f"{self.max_command_age * 1000:.0f} ms)", "stale")
+        try:
+            target = _ordered_positions(msg)
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        result = self.arm.command(target)
+        if not result.sent:
+            return self._refuse(result.reason)
+        if result.clamped:
+            with self._count_lock:
+                self._counts["clamped"] += 1
+            self.get_logger().warning(f"command clamped to limits: {', '.join(result.clamped)}",
+                                   throttle_duration_sec=1.0)
+
+    def _refuse(self, reason: str, counter: str = "refused") -> None:
+        with self._count_lock:
+            self._counts[counter] += 1
+            self._last_refusal = reason
+        self.get_logger().warning(f"command refused on {topics.arm_command(self.side)}: {reason}",
+                               throttle_duration_sec=1.0)
+
+    def _on_estop(self, request, response):
+        if self.arm is None:
+            response.success, response.message = False, "not configured"
+            return response
+        self.arm.emergency_stop()
+        self.get_logger().error("EMERGENCY STOP requested; commands are refused until ~/resume")
+        response.success, response.message = True, "emergency stop sent"
+        return response
+
+    def _on_resume(self, request, response):
+        if self.arm is None:
+            response.success, response.message = False, "not configured"
+            return response
+        self.arm.resume()
+        if self._active and self.mode == "follow":
+            try:
+                self.arm.enable()
+            except ArmSilentError as exc:
+                response.success, response.message = False, str(exc)
+                return response
+        response.success, response.message = True, "resumed from emergency stop"
+        return response
+
+    # --- diagnostics ---------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        if self.arm is None:
+            return
+        st = self.arm.status()
+        if st.silent and not self._was_silent:
+            self.get_logger().error(f"no CAN feedback from the {self.side} arm on {self.arm.can_port} for "
+                                    f"{st.feedback_age_s:.2f} s; commands are held until it returns")
+        elif not st.silent and self._was_silent:
+            self.get_logger().info(f"CAN feedback from the {self.side} arm on {self.arm.can_port}")
+        self._was_silent = st.silent
+        if st.silent:
+            level, message = ERROR, f"no CAN feedback for {st.feedback_age_s:.2f} s"
+        elif st.arm_status != 0 or st.err_code != 0:
+            level, message = ERROR, f"arm status: {st.arm_status_text}, error bits 0x{st.err_code:04X}"
+        elif self.mode == "follow" and self._active and not st.motors_enabled:
+            level, message = WARN, "active but the motors report disabled"
+        else:
+            level, message = OK, f"{self.mode}, {'active' if self._active else 'inactive'}"
+        with self._count_lock:
+            counts = dict(self._counts)
+            last_refusal = self._last_refusal
+        values = [("mode", self.mode), ("active", self._active), ("can_port", self.arm.can_port),
+                  ("arm_status", st.arm_status_text), ("ctrl_mode", st.ctrl_mode), ("err_code", f"0x{st.err_code:04X}"),
+                  ("motors_enabled", st.motors_enabled), ("can_rx_hz", f"{st.can_rx_hz:.0f}"),
+                  ("feedback_age_s", f"{min(st.feedback_age_s, 1e6):.3f}"),
+                  *counts.items(), ("last_refusal", last_refusal)]
+        publish_diagnostics(self, self._diag_pub, [
+            diagnostic_status(f"piper_arm_driver: {self.side}", self.arm.can_port, level, message, values)])
+
+
+def _ordered_positions(msg: JointState) -> np.ndarray:
+    """Positions in ARM_STATE_NAMES order: by name when names are given, else by position."""
+    if not msg.name:
+        if len(msg.position) != len(ARM_STATE_NAMES):
+            raise ValueError(f"expected {len(ARM_STATE_NAMES)} positions ({', '.join(ARM_STATE_NAMES)}), "
+                             f"got {len(msg.position)}")
+        return np.asarray(msg.position, dtype=float)
+    if len(msg.name) != len(msg.position):
+        raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
+    by_name = dict(zip(msg.name, msg.position))
+    missing = [n for n in ARM_STATE_NAMES if n not in by_name]
+    if missing:
+        raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(msg.name)})")
+    return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
+
+
+def _teleop_wave(side: str):
+    """A slow, in-limits motion of the simulated master arm (stands in for an operator)."""
+    sign = 1.0 if side == "left" else -1.0
+    rest = np.array([0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.02])
+    amplitude = np.array([0.3 * sign, 0.2, 0.2, 0.3, 0.2, 0.5, 0.02])
+
+    def master(t: float) -> np.ndarray:
+        return rest + amplitude * np.sin(2 * np.pi * 0.25 * t)
+
+    return master
+
+
+def main(args: list[str] | None = None) -> int:
+    try:
+        return run_node(PiperArmDriver, args)
+    except ConfigError as exc:
+        print(f"[piper_arm_driver] configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

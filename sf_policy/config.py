@@ -1,0 +1,204 @@
+"""Robot and camera configuration files: loading and validation.
+
+Every error names the file and the field at fault, and is raised at start-up, before
+anything touches the hardware. Files are plain YAML so they diff well; see
+``ros2_ws/src/sf_bringup/config/`` for the shipped ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .embodiment import ARM_STATE_NAMES, PIPER_LIMITS, SIDES, JointLimit
+from .topics import CAMERA_NAMESPACES, CAMERA_ROLES
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or wrong; the message names the file and field."""
+
+    def __init__(self, path: str | Path, field_name: str, message: str):
+        self.path, self.field = str(path), field_name
+        super().__init__(f"{path}: {field_name}: {message}" if field_name else f"{path}: {message}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "", "file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+class _Fields:
+    """Reads typed fields from one mapping of a file, naming ``file: a.b.c`` on error."""
+
+    def __init__(self, path: Path, prefix: str, data: Any):
+        self.path, self.prefix = path, prefix
+        if not isinstance(data, dict):
+            raise ConfigError(path, prefix, f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.name(key), message)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, "required field is missing")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.error(key, f"expected {want}, got {value!r}")
+        return value
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.data) - allowed)
+        if unknown:
+            raise self.error(unknown[0], f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+# --- arms ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArmConfig:
+    side: str
+    can_port: str
+    bustype: str = "socketcan"
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    path: Path
+    arms: dict[str, ArmConfig]
+    limits: dict[str, JointLimit] = field(default_factory=lambda: dict(PIPER_LIMITS))
+
+
+def load_robot_config(path: str | Path) -> RobotConfig:
+    path = Path(path)
+    top = _Fields(path, "", load_yaml(path))
+    top.reject_unknown({"arms", "limits"})
+    arms_node = _Fields(path, "arms", top.get("arms", dict))
+    arms: dict[str, ArmConfig] = {}
+    for side, spec in arms_node.data.items():
+        if side not in SIDES:
+            raise arms_node.error(str(side), f"unknown arm side; expected one of {', '.join(SIDES)}")
+        f = _Fields(path, f"arms.{side}", spec)
+        f.reject_unknown({"can_port", "bustype"})
+        arms[side] = ArmConfig(side, f.get("can_port", str), f.get("bustype", str, "socketcan"))
+    ports: dict[tuple[str, str], str] = {}
+    for arm in arms.values():
+        key = (arm.bustype, arm.can_port)
+        if key in ports:
+            raise ConfigError(path, f"arms.{arm.side}.can_port",
+                              f"{arm.can_port!r} is already used by arms.{ports[key]}; each arm needs its own CAN bus")
+        ports[key] = arm.side
+    return RobotConfig(path, arms, _load_limits(path, top.get("limits", dict, {})))
+
+
+def _load_limits(path: Path, data: dict) -> dict[str, JointLimit]:
+    """Optional per-joint [lower, upper] overrides; they may only tighten the factory limits."""
+    f = _Fields(path, "limits", data)
+    f.reject_unknown(set(ARM_STATE_NAMES))
+    limits = dict(PIPER_LIMITS)
+    for joint, bounds in data.items():
+        factory = PIPER_LIMITS[joint]
+        if (not isinstance(bounds, list) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+            raise f.error(joint, f"expected [lower, upper] in SI units, got {bounds!r}")
+        lower, upper = float(bounds[0]), float(bounds[1])
+        if lower >= upper:
+            raise f.error(joint, f"lower {lower} is not below upper {upper} (inverted or empty range)")
+        if lower < factory.lower - 1e-9 or upper > factory.upper + 1e-9:
+            raise f.error(joint, f"[{lower}, {upper}] leaves the Piper's range [{factory.lower}, {factory.upper}]")
+        limits[joint] = JointLimit(lower, upper, factory.max_velocity)
+    return limits
+
+
+# --- cameras -------------------------------------------------------------------------
+CAMERA_BACKENDS = ("realsense", "opencv")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    role: str
+    backend: str
+    namespace: str
+    serial: str = ""          # realsense: picks the device
+    device: str = ""          # opencv: /dev/videoN, an index, or a video file
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    depth: bool = False       # realsense: publish depth aligned to colour
+    compressed: bool = False  # also publish sensor_msgs/CompressedImage (JPEG)
+    loop: bool = True         # opencv video file: start again at the end
+    timeout_s: float = 1.0    # no frame for this long -> ERROR diagnostic and a reopen
+
+
+def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
+    path = Path(path)
+    top = _Fields(path, "", load_yaml(path))
+    top.reject_unknown({"cameras"})
+    cams = _Fields(path, "cameras", top.get("cameras", dict))
+    result: dict[str, CameraConfig] = {}
+    seen_sources: dict[str, str] = {}
+    for role, spec in cams.data.items():
+        if role not in CAMERA_ROLES:
+            raise cams.error(str(role), f"unknown camera role; expected one of {', '.join(CAMERA_ROLES)}")
+        f = _Fields(path, f"cameras.{role}", spec)
+        f.reject_unknown({"backend", "serial", "device", "width", "height", "fps", "depth", "compressed",
+                          "loop", "timeout_s", "namespace"})
+        backend = f.get("backend", str)
+        if backend not in CAMERA_BACKENDS:
+            raise f.error("backend", f"expected one of {', '.join(CAMERA_BACKENDS)}, got {backend!r}")
+        cfg = CameraConfig(
+            role=role,
+            backend=backend,
+            namespace=f.get("namespace", str, CAMERA_NAMESPACES[role]),
+            serial=str(f.get("serial", (str, int), "")),
+            device=str(f.get("device", (str, int), "")),
+            width=f.get("width", int, 640),
+            height=f.get("height", int, 480),
+            fps=f.get("fps", float, 30.0),
+            depth=f.get("depth", bool, False),
+            compressed=f.get("compressed", bool, False),
+            loop=f.get("loop", bool, True),
+            timeout_s=f.get("timeout_s", float, 1.0),
+        )
+        source_key, source = ("serial", cfg.serial) if backend == "realsense" else ("device", cfg.device)
+        if not source:
+            raise f.error(source_key, f"required for the {backend} backend")
+        if source in seen_sources:
+            raise f.error(source_key, f"{source!r} is already assigned to cameras.{seen_sources[source]}")
+        seen_sources[source] = role
+        for key in ("width", "height"):
+            if getattr(cfg, key) <= 0:
+                raise f.error(key, f"must be positive, got {getattr(cfg, key)}")
+        if not 0 < cfg.fps <= 120:
+            raise f.error("fps", f"must be in (0, 120], got {cfg.fps}")
+        if cfg.timeout_s <= 0:
+            raise f.error("timeout_s", f"must be positive, got {cfg.timeout_s}")
+        result[role] = cfg
+    return result
+
+
+def camera_for_role(path: str | Path, role: str) -> CameraConfig:
+    cameras = load_camera_config(path)
+    if role not in CAMERA_ROLES:
+        raise ConfigError(path, "role", f"unknown camera role {role!r}; expected one of {', '.join(CAMERA_ROLES)}")
+    if role not in cameras:
+        raise ConfigError(path, f"cameras.{role}", f"no entry for this role (file has: {', '.join(cameras) or 'none'})")
+    return cameras[role]
