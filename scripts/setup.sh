@@ -46,9 +46,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-log "installing Python packages into $VENV (first run takes a few minutes)"
-"${PIP[@]}" --upgrade pip setuptools wheel
+PIP=(pip_quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+PIP_LOG="$VENV/setup.log"
+: > "$PIP_LOG"
+# pip's chatter goes to a log; on failure its tail is shown.
+pip_quiet() {
+  if ! "$@" >>"$PIP_LOG" 2>&1; then
+    echo "[setup] failed: ${*:2}" >&2; tail -n 30 "$PIP_LOG" >&2; exit 1
+  fi
+}
+log "installing Python packages into $VENV (first run takes a few minutes; log: $PIP_LOG)"
+# setuptools < 80: colcon-core 0.21 refuses newer ones.
+"${PIP[@]}" --upgrade pip wheel "setuptools>=77,<80"
 # CPU torch first: asked for by exact version so pip takes the local CPU build, never a CUDA one.
 "${PIP[@]}" -r requirements/torch-cpu.txt
 if ((ROS_FROM_SYSTEM == 0)); then

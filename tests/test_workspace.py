@@ -67,9 +67,10 @@ def test_installed_node_rejects_bad_config_naming_the_file(colcon_install, tmp_p
 def test_launch_files_use_the_shared_plan(name):
     tree = ast.parse((BRINGUP / "launch" / name).read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "sf_policy.bringup"
+    plan = ast.parse((BRINGUP / "launch" / "_plan.py").read_text())
+    imported = {a.name for n in ast.walk(plan) if isinstance(n, ast.ImportFrom) and n.module == "sf_policy.bringup"
                 for a in n.names}
-    assert imported and all(hasattr(bringup, a) for a in imported)
+    assert imported == {"driver_nodes", "task_config"} and all(hasattr(bringup, a) for a in imported)
 
 
 def test_driver_plan_for_hardware_and_sim():

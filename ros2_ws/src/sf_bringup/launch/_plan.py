@@ -4,19 +4,14 @@ Kept beside the launch files (installed with them) so each launch file stays a f
 The plan itself lives in sf_policy.bringup, which `sf launch` runs without the ROS launch system.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 LIFECYCLE_EXECUTABLES = {"piper_arm_driver"}
-
-
-def share_dir() -> Path:
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("sf_bringup"))
 
 
 def as_bool(text: str) -> bool:
@@ -46,3 +41,24 @@ def opaque(build):
         return build(args)
 
     return OpaqueFunction(function=_setup)
+
+
+def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
+    """Arm and camera drivers; `mode=None` makes the mode a launch argument."""
+    from sf_policy.bringup import driver_nodes, task_config
+
+    args = [("sim", "false", "simulated arms (CAN level) instead of hardware"),
+            ("robot_config", "", "robot YAML (default: config/robot.yaml, or robot_sim.yaml with sim)"),
+            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml; none in sim)")]
+    if with_task:
+        args.insert(0, ("task", "lift_pot", "task name: config/tasks/<task>.yaml"))
+    if mode is None:
+        args.append(("mode", "follow", "follow: execute joint commands; teleop: read only"))
+
+    def build(a):
+        task = task_config(a["task"]) if with_task else {}  # an unknown task fails here, listing known ones
+        return to_actions(driver_nodes(sim=as_bool(a["sim"]), mode=mode or a["mode"],
+                                       robot_config=a["robot_config"] or None,
+                                       camera_config=a["camera_config"] or task.get("camera_config") or None))
+
+    return LaunchDescription([*arguments(*args), opaque(build)])

@@ -9,24 +9,9 @@ that will execute its commands.
 import sys
 from pathlib import Path
 
-from launch import LaunchDescription
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _plan import arguments, as_bool, opaque, to_actions  # noqa: E402
-
-from sf_policy.bringup import driver_nodes, task_config  # noqa: E402
-
-ARGS = (("task", "lift_pot", "task name: config/tasks/<task>.yaml"),
-        ("sim", "false", "simulated arms instead of hardware"),
-        ("robot_config", "", "robot YAML"),
-        ("camera_config", "", "cameras YAML"))
+from _plan import drivers_launch  # noqa: E402
 
 
 def generate_launch_description():
-    def build(args):
-        task = task_config(args["task"])
-        return to_actions(driver_nodes(sim=as_bool(args["sim"]), mode="follow",
-                                       robot_config=args["robot_config"] or None,
-                                       camera_config=args["camera_config"] or task.get("camera_config") or None))
-
-    return LaunchDescription([*arguments(*ARGS), opaque(build)])
+    return drivers_launch(mode="follow", with_task=True)
