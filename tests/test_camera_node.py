@@ -80,7 +80,7 @@ class Listener:
 
     def __init__(self, context, namespace: str):
         self.node = rclpy.create_node("camera_listener", context=context)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # wait() holds it while pairs() takes it again
         self.images: list[Image] = []
         self.infos: list[CameraInfo] = []
         self.depths: list[Image] = []

@@ -37,3 +37,37 @@ def test_sf_config_check_names_the_bad_field(tmp_path):
                             timeout=60)
     assert result.returncode == 2
     assert "limits.joint2" in result.stdout and "inverted" in result.stdout
+
+
+def test_sf_launch_drivers_sim_teleop(ros):
+    """`sf launch drivers --sim --mode teleop`: the master arms' wave reaches ROS, the puppets follow."""
+    import threading
+
+    import numpy as np
+    from sensor_msgs.msg import JointState
+
+    from conftest import wait_for
+    from sf_nodes.common import SENSOR_QOS
+
+    received = {"/master/joint_left": [], "/puppet/joint_left": [], "/master/joint_right": []}
+    lock = threading.Lock()
+    listener = ros.node("teleop_listener")
+    for topic in received:
+        def keep(msg, topic=topic):
+            with lock:
+                received[topic].append(np.array(msg.position))
+        listener.create_subscription(JointState, topic, keep, SENSOR_QOS)
+    sf = Path(sys.executable).parent / "sf"
+    proc = subprocess.Popen([str(sf), "launch", "drivers", "--sim", "--mode", "teleop", "--duration", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        wait_for(lambda: all(len(v) > 200 for v in received.values()), timeout=20, what="teleop streams")
+        with lock:
+            master = np.array(received["/master/joint_left"])
+            puppet = np.array(received["/puppet/joint_left"][-1])
+        assert np.ptp(master[:, 0]) > 0.01, "the simulated master arm should be moving"
+        assert np.max(np.abs(puppet[:6] - master[-1][:6])) < 0.2, "the puppet should follow its master"
+        assert np.all(master[:, 6] >= 0) and np.all(master[:, 6] <= 0.07)
+    finally:
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out  # the launch stopped cleanly at its deadline

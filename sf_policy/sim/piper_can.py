@@ -226,3 +226,11 @@ class SimulatedPiper:
             self.state.target = arm_from_sdk(joints, gripper)
             self.state.ctrl_mode = CTRL_CAN
             self.state.gripper_enabled = True
+
+
+def teleop_wave(side: str, hz: float = 0.25) -> MasterTrajectory:
+    """A slow, in-limits motion of a simulated master arm: stands in for an operator."""
+    sign = 1.0 if side == "left" else -1.0
+    rest = np.array([0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.02])
+    amplitude = np.array([0.3 * sign, 0.2, 0.2, 0.3, 0.2, 0.5, 0.02])
+    return lambda t: rest + amplitude * np.sin(2 * np.pi * hz * t)

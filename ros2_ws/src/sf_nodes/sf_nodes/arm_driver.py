@@ -150,12 +150,12 @@ class PiperArmDriver(LifecycleNode):
 
     # --- simulated hardware --------------------------------------------------------------
     def _start_simulated_arm(self, arm_cfg):
-        from sf_policy.sim.piper_can import SimulatedPiper
+        from sf_policy.sim.piper_can import SimulatedPiper, teleop_wave
 
         if arm_cfg.bustype != "virtual":
             raise ConfigError(self.robot_config, f"arms.{self.side}.bustype",
                               "simulate:=true needs bustype 'virtual' (never simulate on a real bus)")
-        master = _teleop_wave(self.side) if self.mode == "teleop" else None
+        master = teleop_wave(self.side) if self.mode == "teleop" else None
         return SimulatedPiper(arm_cfg.can_port, "virtual", master=master).start()
 
     def _stop_simulated_arm(self) -> None:
@@ -275,18 +275,6 @@ def _ordered_positions(msg: JointState) -> np.ndarray:
     if missing:
         raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(msg.name)})")
     return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
-
-
-def _teleop_wave(side: str):
-    """A slow, in-limits motion of the simulated master arm (stands in for an operator)."""
-    sign = 1.0 if side == "left" else -1.0
-    rest = np.array([0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.02])
-    amplitude = np.array([0.3 * sign, 0.2, 0.2, 0.3, 0.2, 0.5, 0.02])
-
-    def master(t: float) -> np.ndarray:
-        return rest + amplitude * np.sin(2 * np.pi * 0.25 * t)
-
-    return master
 
 
 def main(args: list[str] | None = None) -> int:
