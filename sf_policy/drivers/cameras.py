@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -120,8 +121,8 @@ class RealSenseCamera:
     # open/close ------------------------------------------------------------------------
     def open(self) -> None:
         rs = _import_rs()
-        if self._sensors:
-            return
+        if self._syncer is not None:
+            return  # already open
         device = self._find_device(rs)
         color = self._pick_profile(rs, device, rs.stream.color, rs.format.rgb8, "colour")
         wanted = [color]
@@ -468,7 +469,8 @@ class CameraStream:
             # Judged here too, so a read stuck inside a driver still shows up as stale.
             stale = s.stale or s.ended or age is None or age > self.cfg.timeout_s
             recent = [t for t in s.arrivals if t >= now - RATE_WINDOW_S]
-            hz = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
+            span = recent[-1] - recent[0] if len(recent) >= 2 else 0.0
+            hz = (len(recent) - 1) / span if span > 0 else 0.0
             return StreamStatus(ok=not stale, stale=stale, message=self._message(s, age, stale),
                                 measured_hz=hz, frames=s.frames, reopen_count=s.reopen_count,
                                 last_error=s.last_error, last_frame_age_s=age)
@@ -478,7 +480,7 @@ class CameraStream:
             return "end of video file (loop is off)"
         if not stale:
             return "streaming"
-        if s.last_error:
+        if s.stale and s.last_error:  # the thread's own verdict, from this outage
             return s.last_error
         return "waiting for the first frame" if age is None else f"no frame for {age:.1f} s"
 
@@ -490,7 +492,7 @@ class CameraStream:
             try:
                 self._serve()
             except Exception as exc:  # noqa: BLE001 - the thread must survive any driver error
-                self._trouble(f"{type(exc).__name__}: {exc}")
+                self._trouble(self._reason(exc))
             if self._stop.is_set() or self._ended():
                 break
             self._close_source()
@@ -542,8 +544,13 @@ class CameraStream:
             self._callback_failing = False
         except Exception:  # noqa: BLE001 - a consumer's bug must not stop the camera
             if not self._callback_failing:  # once per run of failures, not 30 times a second
-                _LOG.exception("%s: on_frame callback failed", self._name)
+                self._log.warning(f"{self._name}: on_frame callback failed:\n{traceback.format_exc()}")
             self._callback_failing = True
+
+    def _reason(self, exc: Exception) -> str:
+        if isinstance(exc, CameraError):  # already names the camera: keep only what went wrong
+            return str(exc).removeprefix(f"{self._name}: ")
+        return f"{type(exc).__name__}: {exc}"
 
     def _trouble(self, reason: str) -> None:
         """Records a failure; logs only on the way from healthy to stale, never per retry."""
@@ -551,8 +558,8 @@ class CameraStream:
             first = not self._state.stale
             self._state.stale, self._state.last_error = True, reason
         if first:
-            self._log.warning(f"{self._name}: stale: {reason}; closing and reopening with backoff "
-                              f"{BACKOFF_MIN_S:g}-{BACKOFF_MAX_S:g} s")
+            self._log.warning(f"{self._name}: stale: {reason}; reopening it with a backoff of "
+                              f"{BACKOFF_MIN_S:g} s doubling to {BACKOFF_MAX_S:g} s")
 
     def _mark_ended(self) -> None:
         with self._lock:

@@ -20,9 +20,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sf_policy.config import CameraConfig, ConfigError, camera_for_role
-from sf_policy.topics import CAMERA_ROLES
 from sf_policy.drivers.cameras import (CameraError, CameraSource, CameraStream, Frame, Intrinsics,
                                        StreamStatus, open_camera)
+from sf_policy.topics import CAMERA_ROLES
 
 from .common import (ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
                      publish_diagnostics, run_node)
@@ -33,10 +33,10 @@ JPEG_QUALITY = 90
 
 
 def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
+    array = np.ascontiguousarray(array)
     height, width = array.shape[:2]
     return Image(header=header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
-                 is_bigendian=int(sys.byteorder == "big"), step=array.strides[0],
-                 data=np.ascontiguousarray(array).tobytes())
+                 is_bigendian=int(sys.byteorder == "big"), step=array.strides[0], data=array.tobytes())
 
 
 def camera_info_msg(intr: Intrinsics, stamp_ns: int, frame_id: str) -> CameraInfo:
@@ -83,8 +83,8 @@ class CameraDriverNode(Node):
         self._diagnostics = diagnostics_publisher(self)
         self.stream = CameraStream(self.source, self.cfg, on_frame=self._publish_frame, logger=self.get_logger())
         self.create_timer(period, self._publish_diagnostics)
-        self.stream.start()
         self.get_logger().info(f"camera {self.cfg.role} ({self.source.hardware_id}) -> {self._image_topic}")
+        self.stream.start()
 
     def _load_config(self) -> CameraConfig:
         path = self.declare_parameter("camera_config", "").value
@@ -107,6 +107,14 @@ class CameraDriverNode(Node):
 
     def _publish_frame(self, frame: Frame) -> None:
         """Runs on the camera thread, once per frame."""
+        try:
+            self._publish_messages(frame)
+        except Exception:
+            if self.context.ok():
+                raise
+            # Ctrl-C shut the context down before close() stopped this thread: not an error.
+
+    def _publish_messages(self, frame: Frame) -> None:
         if self._intrinsics is None:  # known once the source is open, i.e. by the first frame
             self._intrinsics = self.source.intrinsics()
         stamp = frame.stamp_ns
