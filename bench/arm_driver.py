@@ -25,8 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
+from sf_policy.ros_env import ros_env  # noqa: E402
+
+os.environ.update(ros_env(local=True))  # before rclpy starts: loopback, own domain
 
 
 def main() -> int:

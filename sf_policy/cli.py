@@ -34,12 +34,12 @@ def launch_drivers(
 ):
     """Arm and camera drivers: what ``ros2 launch sf_bringup drivers.launch.py`` starts."""
     from .bringup import driver_nodes
-    from .demo import local_ros_env
     from .launcher import Launch
+    from .ros_env import ros_env
 
     specs = driver_nodes(sim=sim, mode=mode, robot_config=str(robot_config) if robot_config else None,
                          camera_config=str(camera_config) if camera_config else None)
-    env = local_ros_env() if sim else None  # simulated graphs stay on loopback
+    env = ros_env(local=sim)  # simulated graphs stay on loopback
     console.print(f"starting {len(specs)} nodes: {', '.join(s.name for s in specs)}  (Ctrl-C stops)")
     with Launch(specs, env=env) as graph:
         code = graph.wait(duration)

@@ -8,7 +8,6 @@ exercise it over DDS, and prints the report. Everything stays on loopback.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,11 @@ import yaml
 
 from .bringup import NodeSpec, driver_nodes
 from .launcher import Launch
+from .ros_env import ros_env
 from .topics import CAMERA_ROLES
 
 
-def write_test_video(path: Path, width: int = 320, height: int = 240, fps: float = 30.0, seconds: float = 2.0,
+def write_test_video(path: Path, width: int = 640, height: int = 480, fps: float = 30.0, seconds: float = 2.0,
                      hue: int = 0) -> None:
     """A moving-bar test pattern (MJPG in AVI: encodable and decodable everywhere)."""
     import cv2
@@ -41,20 +41,11 @@ def demo_camera_config(out_dir: Path) -> Path:
     for k, role in enumerate(CAMERA_ROLES):
         video = out_dir / f"{role}.avi"
         write_test_video(video, hue=80 * k)
-        cameras[role] = {"backend": "opencv", "device": str(video), "width": 320, "height": 240, "fps": 30,
+        cameras[role] = {"backend": "opencv", "device": str(video), "width": 640, "height": 480, "fps": 30,
                          "loop": True}
     path = out_dir / "cameras_demo.yaml"
     path.write_text(yaml.safe_dump({"cameras": cameras}, sort_keys=False))
     return path
-
-
-def local_ros_env() -> dict[str, str]:
-    """DDS on loopback, in a domain of this run's own unless the user chose one."""
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run(out_dir: Path, measure_s: float = 3.0, motion_s: float = 4.0, verbose: bool = False,
@@ -74,7 +65,7 @@ def run(out_dir: Path, measure_s: float = 3.0, motion_s: float = 4.0, verbose: b
         if verbose:
             echo(line)
 
-    env = local_ros_env()
+    env = ros_env(local=True)
     with Launch(drivers, env=env, echo=keep) as graph, Launch([monitor], env=env, echo=keep) as check:
         check.wait(duration=120.0)
         failed = graph.dead()

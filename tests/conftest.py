@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
+from sf_policy.ros_env import ros_env  # noqa: E402
+
+os.environ.update(ros_env(local=True))  # loopback, this run's own domain, the large-data profile
 
 REPO = Path(__file__).resolve().parents[1]
 BRINGUP = REPO / "ros2_ws" / "src" / "sf_bringup"

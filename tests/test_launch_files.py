@@ -52,12 +52,14 @@ def launch_standins(monkeypatch):
     mods["launch"].LaunchDescription = type("LaunchDescription", (_Action,), {})
     mods["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (_Action,), {})
     mods["launch.actions"].OpaqueFunction = type("OpaqueFunction", (_Action,), {})
+    mods["launch.actions"].SetEnvironmentVariable = type("SetEnvironmentVariable", (_Action,), {})
     mods["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
     mods["launch_ros.actions"].Node = Node
     mods["launch_ros.actions"].LifecycleNode = LifecycleNode
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.delitem(sys.modules, "_plan", raising=False)
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     yield
 
 
@@ -70,6 +72,7 @@ def evaluate(name: str, **overrides):
     declared = {a.args[0]: a.kwargs["default_value"] for a in actions if type(a).__name__ == "DeclareLaunchArgument"}
     opaque = next(a for a in actions if type(a).__name__ == "OpaqueFunction")
     context = types.SimpleNamespace(launch_configurations={**declared, **overrides})
+    evaluate.env = {a.args[0]: a.args[1] for a in actions if type(a).__name__ == "SetEnvironmentVariable"}
     return declared, opaque.kwargs["function"](context)
 
 
@@ -80,6 +83,7 @@ def test_policy_launch_follow_mode_with_task(launch_standins):
     assert names == ["piper_left", "piper_right", "cam_high", "cam_left_wrist", "cam_right_wrist"]
     arm = nodes[0]
     assert isinstance(arm, LifecycleNode) and arm.kwargs["executable"] == "piper_arm_driver"
+    assert evaluate.env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_large_data.xml")
     params = arm.kwargs["parameters"]
     assert params[0].endswith("arm_driver.yaml") and params[-1]["mode"] == "follow"
 

@@ -34,7 +34,8 @@ def test_launch_files_and_configs_are_installed(colcon_install):
     share = colcon_install / "sf_bringup" / "share" / "sf_bringup"
     for launch_file in ("record.launch.py", "policy.launch.py", "drivers.launch.py", "_plan.py"):
         assert (share / "launch" / launch_file).is_file(), launch_file
-    for cfg in ("robot.yaml", "robot_sim.yaml", "cameras.yaml", "arm_driver.yaml", "tasks/lift_pot.yaml"):
+    for cfg in ("robot.yaml", "robot_sim.yaml", "cameras.yaml", "arm_driver.yaml", "fastdds_large_data.xml",
+                "tasks/lift_pot.yaml"):
         assert (share / "config" / cfg).is_file(), cfg
     index = "share/ament_index/resource_index/packages"
     assert (colcon_install / "sf_bringup" / index / "sf_bringup").is_file()

@@ -7,7 +7,7 @@ The plan itself lives in sf_policy.bringup, which `sf launch` runs without the R
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -61,4 +61,16 @@ def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
                                        robot_config=a["robot_config"] or None,
                                        camera_config=a["camera_config"] or task.get("camera_config") or None))
 
-    return LaunchDescription([*arguments(*args), opaque(build)])
+    return LaunchDescription([*arguments(*args), *large_data_env(), opaque(build)])
+
+
+def large_data_env():
+    """Whole camera images through shared memory (config/fastdds_large_data.xml), unless the
+    user chose a Fast DDS profile or another RMW."""
+    import os
+
+    from sf_policy.ros_env import PROFILE_VAR, large_data_profile
+
+    if PROFILE_VAR in os.environ or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return []
+    return [SetEnvironmentVariable(PROFILE_VAR, large_data_profile())]

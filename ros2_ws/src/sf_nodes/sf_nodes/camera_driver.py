@@ -24,7 +24,7 @@ from sf_policy.drivers.cameras import (CameraError, CameraSource, CameraStream, 
                                        StreamStatus, open_camera)
 from sf_policy.topics import CAMERA_ROLES
 
-from .common import (ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
+from .common import (ERROR, IMAGE_QOS, OK, WARN, diagnostic_status, diagnostics_publisher, header,
                      publish_diagnostics, run_node)
 
 SourceFactory = Callable[[CameraConfig], CameraSource]
@@ -98,11 +98,11 @@ class CameraDriverNode(Node):
     def _make_publishers(self) -> None:
         ns = self.cfg.namespace.rstrip("/")
         self._image_topic = f"{ns}/color/image_raw"
-        self._image_pub = self.create_publisher(Image, self._image_topic, SENSOR_QOS)
-        self._info_pub = self.create_publisher(CameraInfo, f"{ns}/color/camera_info", SENSOR_QOS)
-        self._jpeg_pub = (self.create_publisher(CompressedImage, f"{self._image_topic}/compressed", SENSOR_QOS)
+        self._image_pub = self.create_publisher(Image, self._image_topic, IMAGE_QOS)
+        self._info_pub = self.create_publisher(CameraInfo, f"{ns}/color/camera_info", IMAGE_QOS)
+        self._jpeg_pub = (self.create_publisher(CompressedImage, f"{self._image_topic}/compressed", IMAGE_QOS)
                           if self.cfg.compressed else None)
-        self._depth_pub = (self.create_publisher(Image, f"{ns}/aligned_depth_to_color/image_raw", SENSOR_QOS)
+        self._depth_pub = (self.create_publisher(Image, f"{ns}/aligned_depth_to_color/image_raw", IMAGE_QOS)
                            if self.cfg.depth else None)
 
     def _publish_frame(self, frame: Frame) -> None:

@@ -24,7 +24,7 @@ from std_srvs.srv import Trigger
 
 from sf_policy import topics
 
-from .common import COMMAND_QOS, DIAGNOSTICS_QOS, SENSOR_QOS, header
+from .common import COMMAND_QOS, DIAGNOSTICS_QOS, IMAGE_QOS, SENSOR_QOS, header
 
 WAVE_AMPLITUDE = np.array([0.15, 0.1, -0.1, 0.15, 0.1, 0.2, 0.01])
 WAVE_HZ = 0.5
@@ -45,13 +45,13 @@ class DriverMonitor(Node):
         self.diagnostics: dict[str, tuple[int, str]] = {}
         self.lock = threading.Lock()
         for side in self.sides:
-            self._watch(topics.puppet_state(side), JointState)
+            self._watch(topics.puppet_state(side), JointState, SENSOR_QOS)
         for role in self.roles:
-            self._watch(topics.camera_image(role), Image)
+            self._watch(topics.camera_image(role), Image, IMAGE_QOS)
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, DIAGNOSTICS_QOS)
         self.cmd_pubs = {s: self.create_publisher(JointState, topics.arm_command(s), COMMAND_QOS) for s in self.sides}
 
-    def _watch(self, topic: str, msg_type) -> None:
+    def _watch(self, topic: str, msg_type, qos) -> None:
         self.counts[topic] = 0
         self.latency_ms[topic] = []
 
@@ -63,7 +63,7 @@ class DriverMonitor(Node):
                 stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                 self.latency_ms[topic].append((now - stamp) / 1e6)
 
-        self.create_subscription(msg_type, topic, on_msg, SENSOR_QOS)
+        self.create_subscription(msg_type, topic, on_msg, qos)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
