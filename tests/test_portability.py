@@ -37,15 +37,20 @@ def test_sources_compile(version, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_bench_arm_driver_runs_and_writes_results(tmp_path):
-    """Not a timing test: the benchmark script must keep working and write its figures."""
+@pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"])])
+def test_benchmarks_run_and_write_results(tmp_path, name, extra):
+    """Not a timing test: the benchmark scripts must keep working and write their figures."""
     import json
     import os
     import sys
 
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    result = subprocess.run([sys.executable, "bench/arm_driver.py", "--seconds", "1", "--results-dir", str(tmp_path)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, f"bench/{name}.py", "--seconds", "1", "--results-dir", str(tmp_path),
+                             *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    data = json.loads((tmp_path / "arm_driver.json").read_text())
-    assert set(data["arms"]) == {"left", "right"} and data["machine"]["cores"] >= 1
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert data["benchmark"] == name and data["machine"]["cores"] >= 1
+    if name == "arm_driver":
+        assert set(data["arms"]) == {"left", "right"} and all(a["messages"] > 0 for a in data["arms"].values())
+    else:
+        assert len(data["runs"]) == 4 and all(r["hz"] > 0 for r in data["runs"])
