@@ -256,3 +256,23 @@ def test_activation_refused_while_the_arm_is_silent(ros, channel, tmp_path):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
         assert not sim.snapshot().motors_enabled and MOTOR_ENABLE not in sim.received_ids()
+
+
+def test_a_failing_state_consumer_does_not_stop_can_feedback(channel):
+    """The state callback runs on piper_sdk's CAN thread; an exception there must not end it."""
+    from sf_policy.drivers.piper import PiperArm
+
+    calls = []
+
+    def broken(reading):
+        calls.append(reading)
+        raise RuntimeError("consumer bug")
+
+    with SimulatedPiper(channel, initial=REST):
+        arm = PiperArm(channel, "virtual", on_state=broken)
+        arm.connect()
+        try:
+            wait_for(lambda: len(calls) > 20, what="callbacks to keep coming after failures")
+            assert not arm.is_silent()
+        finally:
+            arm.close()

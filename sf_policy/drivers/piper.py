@@ -13,6 +13,7 @@ benchmarked directly. It adds to the SDK:
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,8 @@ import numpy as np
 
 from ..embodiment import (ARM_STATE_NAMES, DOF_PER_ARM, GRIPPER_MAX_EFFORT, PIPER_LIMITS, JointLimit,
                           arm_from_sdk, arm_to_sdk, effort_nm_to_sdk, effort_sdk_to_nm)
+
+_LOG = logging.getLogger(__name__)
 
 FEEDBACK_IDS = frozenset(range(0x2A1, 0x2A9)) | frozenset(range(0x251, 0x257)) | frozenset(range(0x261, 0x267))
 JOINT_FEEDBACK_IDS = (0x2A5, 0x2A6, 0x2A7)
@@ -117,6 +120,7 @@ class PiperArm:
         self._seen_master: set[int] = set()
         self._lock = threading.Lock()
         self._got_state = threading.Event()  # a complete feedback cycle has arrived
+        self._callback_failing = False
 
     # --- connection ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -142,6 +146,16 @@ class PiperArm:
 
     # --- feedback ------------------------------------------------------------------------
     def _on_frame(self, can_id: int, can_time: float) -> None:
+        """Runs on the SDK's CAN thread. An exception escaping here would end that thread
+        (and with it all feedback), so a failing consumer is logged and the frames go on."""
+        try:
+            self._dispatch(can_id, can_time)
+        except Exception:  # noqa: BLE001
+            if not self._callback_failing:
+                _LOG.exception("arm on %r: state callback failed (further failures are not logged)", self.can_port)
+            self._callback_failing = True
+
+    def _dispatch(self, can_id: int, can_time: float) -> None:
         if can_id in FEEDBACK_IDS:
             self._last_frame = time.monotonic()
         if can_id in JOINT_FEEDBACK_IDS:
