@@ -20,11 +20,13 @@ from .bringup import NodeSpec
 
 
 def resolve_executable(spec: NodeSpec) -> list[str]:
-    """The node's console script: beside this Python (venv), in a colcon install, or on PATH."""
+    """The node's console script: beside this Python (venv), in an ament-style prefix
+    (`<prefix>/lib/<package>/`, where colcon and a legacy `setup.py develop` put it), or on PATH."""
     beside = Path(sys.executable).parent / spec.executable
     if beside.is_file():
         return [str(beside)]
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+    prefixes = [sys.prefix, *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep))]
+    for prefix in prefixes:
         candidate = Path(prefix) / "lib" / spec.package / spec.executable
         if candidate.is_file():
             return [str(candidate)]
