@@ -13,6 +13,7 @@ import pytest
 from sf_policy.ros_env import ros_env  # noqa: E402
 
 os.environ.update(ros_env(local=True))  # loopback, this run's own domain, the large-data profile
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering through Mesa; set before mujoco loads
 
 REPO = Path(__file__).resolve().parents[1]
 BRINGUP = REPO / "ros2_ws" / "src" / "sf_bringup"
