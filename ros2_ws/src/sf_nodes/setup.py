@@ -21,6 +21,7 @@ setup(
             "piper_arm_driver = sf_nodes.arm_driver:main",
             "camera_driver = sf_nodes.camera_driver:main",
             "driver_monitor = sf_nodes.monitor:main",
+            "sim_node = sf_nodes.sim_node:main",
         ],
     },
 )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import threading
 
-import numpy as np
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -27,7 +26,7 @@ from sf_policy.drivers.piper import ArmReading, ArmSilentError, PiperArm
 from sf_policy.embodiment import ARM_STATE_NAMES
 
 from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
-                     publish_diagnostics, run_node, stamp_to_ns)
+                     ordered_positions, publish_diagnostics, run_node, stale_reason)
 
 MODES = ("teleop", "follow")
 
@@ -181,14 +180,11 @@ class PiperArmDriver(LifecycleNode):
             return
         with self._count_lock:
             self._counts["commands"] += 1
-        age = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) / 1e9
-        if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0:
-            return self._refuse("command has no header.stamp; stamp commands so stale ones can be refused", "stale")
-        if age > self.max_command_age:
-            return self._refuse(f"stale command: {age * 1000:.0f} ms old (max_command_age "
-                                f"{self.max_command_age * 1000:.0f} ms)", "stale")
+        stale = stale_reason(self, msg, self.max_command_age)
+        if stale:
+            return self._refuse(stale, "stale")
         try:
-            target = _ordered_positions(msg)
+            target = ordered_positions(msg)
         except ValueError as exc:
             return self._refuse(str(exc))
         result = self.arm.command(target)
@@ -259,22 +255,6 @@ class PiperArmDriver(LifecycleNode):
                   *counts.items(), ("last_refusal", last_refusal)]
         publish_diagnostics(self, self._diag_pub, [
             diagnostic_status(f"piper_arm_driver: {self.side}", self.arm.can_port, level, message, values)])
-
-
-def _ordered_positions(msg: JointState) -> np.ndarray:
-    """Positions in ARM_STATE_NAMES order: by name when names are given, else by position."""
-    if not msg.name:
-        if len(msg.position) != len(ARM_STATE_NAMES):
-            raise ValueError(f"expected {len(ARM_STATE_NAMES)} positions ({', '.join(ARM_STATE_NAMES)}), "
-                             f"got {len(msg.position)}")
-        return np.asarray(msg.position, dtype=float)
-    if len(msg.name) != len(msg.position):
-        raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
-    by_name = dict(zip(msg.name, msg.position))
-    missing = [n for n in ARM_STATE_NAMES if n not in by_name]
-    if missing:
-        raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(msg.name)})")
-    return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 
+from sf_policy.embodiment import ARM_STATE_NAMES
 from sf_policy.topics import DIAGNOSTICS
 
 #: Small sensor streams (joint states): best effort, keep the latest few. Subscribers
@@ -87,3 +90,31 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def stale_reason(node: Node, msg, max_age_s: float) -> str:
+    """Why a stamped command must not be executed ("" when it is fresh)."""
+    if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0:
+        return "command has no header.stamp; stamp commands so stale ones can be refused"
+    age = (node.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) / 1e9
+    if age > max_age_s:
+        return f"stale command: {age * 1000:.0f} ms old (max_command_age {max_age_s * 1000:.0f} ms)"
+    return ""
+
+
+def ordered_positions(msg: JointState) -> np.ndarray:
+    """Positions in ARM_STATE_NAMES order: by name when names are given, else by position."""
+    if not msg.name:
+        if len(msg.position) != len(ARM_STATE_NAMES):
+            raise ValueError(f"expected {len(ARM_STATE_NAMES)} positions ({', '.join(ARM_STATE_NAMES)}), "
+                             f"got {len(msg.position)}")
+        return np.asarray(msg.position, dtype=float)
+    if len(msg.name) != len(msg.position):
+        raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
+    by_name = dict(zip(msg.name, msg.position))
+    missing = [n for n in ARM_STATE_NAMES if n not in by_name]
+    if missing:
+        raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(msg.name)})")
+    return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
+
+
