@@ -78,9 +78,9 @@ def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "f
                  cameras: bool = True) -> list[NodeSpec]:
     """Arm drivers (one per CAN bus) and camera drivers (one per configured role).
 
-    With ``sim`` the arms are simulated at the CAN level inside the driver processes
-    (the MuJoCo twin replaces this when it exists); cameras then come only from an
-    explicit ``camera_config`` (e.g. OpenCV reading video files).
+    With ``sim`` the arms are simulated at the CAN level inside the driver processes (the
+    drivers' own code runs; the whole robot in simulation is ``twin_nodes``); cameras then
+    come only from an explicit ``camera_config`` (e.g. OpenCV reading video files).
     """
     share = share or bringup_share()
     config = share / "config"
@@ -96,3 +96,12 @@ def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "f
             specs.append(NodeSpec("camera_driver", topics.camera_node_name(role),
                                   {"role": role, "camera_config": cam_path}))
     return specs
+
+
+def twin_nodes(task: str = "lift_pot", *, operator: str = "scripted", seed: int = 0, episodes: int = 0,
+               width: int = 224, height: int = 224, depth: bool = False, share: Path | None = None) -> list[NodeSpec]:
+    """The MuJoCo twin in place of the arm and camera drivers (same topics)."""
+    task_config(task, share)  # an unknown task fails here, listing the known ones
+    return [NodeSpec("sim_node", "piper_twin", {"task": task, "operator": operator, "seed": seed,
+                                                "episodes": episodes, "width": width, "height": height,
+                                                "depth": depth})]

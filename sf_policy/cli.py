@@ -65,21 +65,52 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("outputs/demo"), help="Where the report, logs and test videos go."),
+    out: Path = typer.Option(Path("outputs/demo"), help="Where the report and logs go."),
+    task: str = typer.Option("lift_pot", help="Twin task: lift_pot, place_block, grasp_vegetable, stack_cups."),
+    episodes: int = typer.Option(3, help="Episodes the scripted operator runs (seeds seed, seed+1, ...)."),
+    seed: int = typer.Option(0, help="First episode's seed."),
+    drivers: bool = typer.Option(False, "--drivers", help="Instead: the driver graph on CAN-level simulated arms."),
     measure_s: float = typer.Option(3.0, help="Seconds of rate measurement."),
-    motion_s: float = typer.Option(4.0, help="Seconds of commanded motion."),
+    motion_s: float = typer.Option(4.0, help="--drivers: seconds of commanded motion."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the nodes' logs live."),
 ):
-    """End to end on this machine: drivers on simulated arms and cameras, measured and exercised over DDS."""
+    """End to end on this machine over ROS 2 (loopback): the twin with a scripted operator, or the drivers."""
     from . import demo as demo_mod
 
-    console.print("[bold]sf demo[/bold]: arm drivers on simulated Pipers (CAN level) + camera drivers on "
-                  "test videos, checked over ROS 2 (loopback)")
-    report = demo_mod.run(out, measure_s, motion_s, verbose, echo=console.print)
+    if drivers:
+        console.print("[bold]sf demo --drivers[/bold]: arm drivers on simulated Pipers (CAN level) + camera drivers "
+                      "on test videos, checked over ROS 2")
+        report = demo_mod.run_drivers(out, measure_s, motion_s, verbose, echo=console.print)
+    else:
+        console.print(f"[bold]sf demo[/bold]: the MuJoCo twin ({task}) with its scripted operator through the ROS "
+                      f"graph, {episodes} episodes from seed {seed}")
+        report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     _print_report(report)
-    console.print(f"report: {out / 'driver_report.json'}   logs: {out / 'launch.log'}")
+    console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
     checks = report.get("checks", {})
     raise typer.Exit(0 if checks and all(checks.values()) else 1)
+
+
+@launch_app.command("twin")
+def launch_twin(
+    task: str = typer.Option("lift_pot"),
+    operator: str = typer.Option("scripted", help="scripted: the task's expert teleoperates; none: commands only."),
+    seed: int = typer.Option(0),
+    episodes: int = typer.Option(0, help="Stop running episodes after this many (0: keep going)."),
+    width: int = typer.Option(224),
+    height: int = typer.Option(224),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+):
+    """The MuJoCo twin on the drivers' topics: what ``ros2 launch ... sim:=true`` starts."""
+    from .bringup import twin_nodes
+    from .launcher import Launch
+    from .ros_env import ros_env
+
+    specs = twin_nodes(task, operator=operator, seed=seed, episodes=episodes, width=width, height=height)
+    console.print(f"starting the twin ({task}, operator {operator}); Ctrl-C stops")
+    with Launch(specs, env=ros_env(local=True)) as graph:
+        code = graph.wait(duration)
+    raise typer.Exit(code)
 
 
 def _print_report(report: dict) -> None:
@@ -92,6 +123,17 @@ def _print_report(report: dict) -> None:
     for side, m in report.get("motion", {}).items():
         console.print(f"{side} arm: max tracking error {m['max_tracking_error_rad']:.3f} rad during a 0.5 Hz wave, "
                       f"returned to start within {m['return_error_rad']:.4f} rad")
+    episodes = report.get("episodes", [])
+    if episodes:
+        table = Table(title="episodes")
+        for col in ("#", "task", "seed", "result", "ticks", "sim time (s)"):
+            table.add_column(col)
+        for e in episodes:
+            table.add_row(str(e["episode"]), e["task"], str(e["seed"]),
+                          "[green]success[/green]" if e["success"] else "[red]failure[/red]", str(e["ticks"]),
+                          f"{e['sim_time_s']:.1f}")
+        console.print(table)
+        console.print(f"success: {sum(e['success'] for e in episodes)}/{len(episodes)}")
     for name, ok in report.get("checks", {}).items():
         console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}  {name}")
     if report.get("missing"):

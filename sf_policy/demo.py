@@ -1,8 +1,10 @@
 """``sf demo``: the furthest end-to-end path so far, on a machine with no robot.
 
-Starts the real driver graph (two Piper arm drivers on simulated CAN arms, three camera
-drivers reading generated test videos through OpenCV), lets the driver monitor measure and
-exercise it over DDS, and prints the report. Everything stays on loopback.
+``run_twin``: the MuJoCo twin on the ROS graph with the task's scripted operator driving
+the master arms; the monitor measures every stream and collects per-episode success.
+``run_drivers``: the real driver graph (two Piper arm drivers on simulated CAN arms, three
+camera drivers reading generated test videos through OpenCV), measured and exercised.
+Everything stays on loopback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .bringup import NodeSpec, driver_nodes
+from .bringup import NodeSpec, driver_nodes, twin_nodes
 from .launcher import Launch
 from .ros_env import ros_env
 from .topics import CAMERA_ROLES
@@ -48,16 +50,29 @@ def demo_camera_config(out_dir: Path) -> Path:
     return path
 
 
-def run(out_dir: Path, measure_s: float = 3.0, motion_s: float = 4.0, verbose: bool = False,
-        echo=print) -> dict:
+def run_drivers(out_dir: Path, measure_s: float = 3.0, motion_s: float = 4.0, verbose: bool = False,
+                echo=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cam_config = demo_camera_config(out_dir)
-    report_path = out_dir / "driver_report.json"
-    report_path.unlink(missing_ok=True)
     drivers = driver_nodes(sim=True, mode="follow", camera_config=str(cam_config))
+    monitor = {"measure_s": measure_s, "motion_s": motion_s}
+    return _run_with_monitor(drivers, monitor, out_dir, verbose, echo)
+
+
+def run_twin(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: int = 0, measure_s: float = 3.0,
+             verbose: bool = False, echo=print) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    twin = twin_nodes(task, operator="scripted", seed=seed, episodes=episodes)
+    monitor = {"measure_s": measure_s, "exercise": False, "episodes": episodes}
+    return _run_with_monitor(twin, monitor, out_dir, verbose, echo)
+
+
+def _run_with_monitor(graph_specs: list[NodeSpec], monitor_params: dict, out_dir: Path, verbose: bool,
+                      echo) -> dict:
+    report_path = out_dir / "report.json"
+    report_path.unlink(missing_ok=True)
     monitor = NodeSpec("driver_monitor", "driver_monitor",
-                       {"roles": "[" + ",".join(CAMERA_ROLES) + "]", "measure_s": measure_s,
-                        "motion_s": motion_s, "report": str(report_path)})
+                       {"roles": "[" + ",".join(CAMERA_ROLES) + "]", "report": str(report_path), **monitor_params})
     log_lines: list[str] = []
 
     def keep(line: str) -> None:
@@ -66,12 +81,12 @@ def run(out_dir: Path, measure_s: float = 3.0, motion_s: float = 4.0, verbose: b
             echo(line)
 
     env = ros_env(local=True)
-    with Launch(drivers, env=env, echo=keep) as graph, Launch([monitor], env=env, echo=keep) as check:
-        check.wait(duration=120.0)
+    with Launch(graph_specs, env=env, echo=keep) as graph, Launch([monitor], env=env, echo=keep) as check:
+        check.wait(duration=900.0)
         failed = graph.dead()
     (out_dir / "launch.log").write_text("\n".join(log_lines) + "\n")
     if not report_path.is_file():
-        raise RuntimeError(f"the driver monitor wrote no report; see {out_dir / 'launch.log'}")
+        raise RuntimeError(f"the monitor wrote no report; see {out_dir / 'launch.log'}")
     report = json.loads(report_path.read_text())
     if failed:
         report.setdefault("checks", {})["no node died"] = False

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.ros
 def test_sf_demo_end_to_end(tmp_path):
     sf = Path(sys.executable).parent / "sf"
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    result = subprocess.run([str(sf), "demo", "--out", str(tmp_path), "--measure-s", "2", "--motion-s", "2"],
+    result = subprocess.run([str(sf), "demo", "--drivers", "--out", str(tmp_path), "--measure-s", "2",
+                             "--motion-s", "2"],
                             capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "launch.log").read_text()
-    report = json.loads((tmp_path / "driver_report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["checks"] and all(report["checks"].values())
     streams = report["streams"]
     assert streams["/puppet/joint_left"]["hz"] > 100 and streams["/puppet/joint_right"]["hz"] > 100

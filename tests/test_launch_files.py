@@ -88,11 +88,17 @@ def test_policy_launch_follow_mode_with_task(launch_standins):
     assert params[0].endswith("arm_driver.yaml") and params[-1]["mode"] == "follow"
 
 
-def test_record_launch_teleop_in_sim(launch_standins):
-    _, nodes = evaluate("record.launch.py", sim="true", task="stack_cups")
-    assert [n.kwargs["name"] for n in nodes] == ["piper_left", "piper_right"]
-    assert all(n.kwargs["parameters"][-1]["mode"] == "teleop" and n.kwargs["parameters"][-1]["simulate"]
-               for n in nodes)
+def test_record_launch_in_sim_runs_the_twin_with_its_scripted_operator(launch_standins):
+    declared, nodes = evaluate("record.launch.py", sim="true", task="lift_pot", seed="4")
+    assert declared["operator"] == "scripted"
+    assert [n.kwargs["executable"] for n in nodes] == ["sim_node"]
+    params = nodes[0].kwargs["parameters"][-1]
+    assert params["task"] == "lift_pot" and params["operator"] == "scripted" and params["seed"] == 4
+
+
+def test_policy_launch_in_sim_leaves_the_arms_to_the_policy(launch_standins):
+    declared, nodes = evaluate("policy.launch.py", sim="true", task="lift_pot")
+    assert declared["operator"] == "none" and nodes[0].kwargs["parameters"][-1]["operator"] == "none"
 
 
 def test_drivers_launch_mode_argument(launch_standins):

@@ -37,7 +37,8 @@ def test_sources_compile(version, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"])])
+@pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"]),
+                                         ("sim", ["--seeds", "0"])])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     """Not a timing test: the benchmark scripts must keep working and write their figures."""
     import json
@@ -52,5 +53,7 @@ def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     assert data["benchmark"] == name and data["machine"]["cores"] >= 1
     if name == "arm_driver":
         assert set(data["arms"]) == {"left", "right"} and all(a["messages"] > 0 for a in data["arms"].values())
-    else:
+    elif name == "camera_driver":
         assert len(data["runs"]) == 4 and all(r["hz"] > 0 for r in data["runs"])
+    else:
+        assert all(v > 0 for v in data["real_time_factor"].values())

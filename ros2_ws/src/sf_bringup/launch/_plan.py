@@ -45,11 +45,14 @@ def opaque(build):
 
 def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
     """Arm and camera drivers; `mode=None` makes the mode a launch argument."""
-    from sf_policy.bringup import driver_nodes, task_config
+    from sf_policy.bringup import driver_nodes, task_config, twin_nodes
 
-    args = [("sim", "false", "simulated arms (CAN level) instead of hardware"),
-            ("robot_config", "", "robot YAML (default: config/robot.yaml, or robot_sim.yaml with sim)"),
-            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml; none in sim)")]
+    args = [("sim", "false", "the MuJoCo twin instead of the robot (same topics)"),
+            ("operator", "scripted" if mode == "teleop" else "none",
+             "sim only: scripted (the task's expert teleoperates) or none"),
+            ("seed", "0", "sim only: first episode's seed"),
+            ("robot_config", "", "robot YAML (default: config/robot.yaml)"),
+            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml)")]
     if with_task:
         args.insert(0, ("task", "lift_pot", "task name: config/tasks/<task>.yaml"))
     if mode is None:
@@ -57,7 +60,9 @@ def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
 
     def build(a):
         task = task_config(a["task"]) if with_task else {}  # an unknown task fails here, listing known ones
-        return to_actions(driver_nodes(sim=as_bool(a["sim"]), mode=mode or a["mode"],
+        if as_bool(a["sim"]):
+            return to_actions(twin_nodes(a.get("task", "lift_pot"), operator=a["operator"], seed=int(a["seed"])))
+        return to_actions(driver_nodes(mode=mode or a["mode"],
                                        robot_config=a["robot_config"] or None,
                                        camera_config=a["camera_config"] or task.get("camera_config") or None))
 

@@ -20,6 +20,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sf_policy import topics
@@ -39,6 +40,8 @@ class DriverMonitor(Node):
         self.exercise = self.declare_parameter("exercise", True).value
         self.motion_s = self.declare_parameter("motion_s", 4.0).value
         self.report_path = self.declare_parameter("report", "").value
+        self.episodes = self.declare_parameter("episodes", 0).value  # wait for this many /sim/episode reports
+        self.episode_timeout = self.declare_parameter("episode_timeout_s", 60.0).value
         self.counts: dict[str, int] = {}
         self.latest: dict[str, object] = {}
         self.latency_ms: dict[str, list[float]] = {}
@@ -49,6 +52,11 @@ class DriverMonitor(Node):
         for role in self.roles:
             self._watch(topics.camera_image(role), Image, IMAGE_QOS)
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, DIAGNOSTICS_QOS)
+        self.episode_reports: list[dict] = []
+        if self.episodes:
+            from .sim_node import EPISODE_QOS, EPISODE_TOPIC
+
+            self.create_subscription(String, EPISODE_TOPIC, self._on_episode, EPISODE_QOS)
         self.cmd_pubs = {s: self.create_publisher(JointState, topics.arm_command(s), COMMAND_QOS) for s in self.sides}
 
     def _watch(self, topic: str, msg_type, qos) -> None:
@@ -64,6 +72,10 @@ class DriverMonitor(Node):
                 self.latency_ms[topic].append((now - stamp) / 1e6)
 
         self.create_subscription(msg_type, topic, on_msg, qos)
+
+    def _on_episode(self, msg: String) -> None:
+        with self.lock:
+            self.episode_reports.append(json.loads(msg.data))
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
@@ -91,6 +103,11 @@ class DriverMonitor(Node):
                                             "age_p99_ms": round(float(np.percentile(lat, 99)), 2)}
         if self.exercise:
             report["motion"] = self._exercise_arms(report["checks"])
+        if self.episodes:
+            done = self._wait(lambda: len(self.episode_reports) >= self.episodes, self.episode_timeout * self.episodes)
+            with self.lock:
+                report["episodes"] = list(self.episode_reports)
+            report["checks"][f"{self.episodes} episodes reported"] = done
         with self.lock:
             report["diagnostics"] = {k: {"level": v[0], "message": v[1]} for k, v in self.diagnostics.items()}
         return report
