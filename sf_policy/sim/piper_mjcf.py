@@ -116,7 +116,8 @@ def arm_xml(mount: ArmMount) -> str:
         f'<site name="{p}flange" pos="0 0 0" size="0.005"/>',
         f'<site name="{p}tcp" pos="0 0 0.13" size="0.005"/>',
         f'<geom name="{p}palm" {ARM} type="box" size="0.045 0.02 0.02" pos="0 0 0.02" mass="0.15" rgba="0.2 0.2 0.22 1"/>',
-        f'<camera name="{p}wrist_cam" pos="0 -0.06 0.03" xyaxes="-1 0 0 0 0.6 0.8" fovy="70"/>',
+        # Wrist camera above the gripper, looking along the fingers (they show at the image's bottom).
+        f'<camera name="{p}wrist_cam" pos="0 -0.07 0.0" xyaxes="1 0 0 0 -0.98 0.196" fovy="75"/>',
         f'<body name="{p}finger_a" pos="0 0 0.045" gravcomp="1">',
         f'<joint name="{p}finger_a" type="slide" axis="1 0 0" range="0 {half}" damping="5"/>',
         f'<geom name="{p}finger_a_geom" {ARM} type="box" size="0.006 0.012 0.045" pos="0.006 0 0.045" mass="{FINGER_MASS}" '
