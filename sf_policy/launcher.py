@@ -37,6 +37,10 @@ def resolve_executable(spec: NodeSpec) -> list[str]:
                             "run scripts/setup.sh or source your colcon install")
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Launch:
     def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None, echo=print):
         self.specs, self.env, self.echo = specs, env, echo
@@ -62,8 +66,12 @@ class Launch:
         return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
     def wait(self, duration: float | None = None) -> int:
-        """Until Ctrl-C, `duration` seconds, or a node exits; returns the first failure's code."""
+        """Until Ctrl-C or SIGTERM, `duration` seconds, or a node exits; returns the first failure's code."""
         deadline = None if duration is None else time.monotonic() + duration
+        if threading.current_thread() is threading.main_thread():
+            # A SIGTERM (systemd, docker stop, a test's terminate()) must stop the nodes too:
+            # they run in sessions of their own and would otherwise outlive us.
+            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             while deadline is None or time.monotonic() < deadline:
                 if self.dead():

@@ -72,3 +72,69 @@ def test_sf_launch_drivers_sim_teleop(ros):
     finally:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out  # the launch stopped cleanly at its deadline
+
+
+def test_sf_launch_twin_publishes_camera_images(ros):
+    """`sf launch twin` as a process: its rendered camera images reach a subscriber over DDS."""
+    import threading
+
+    from sensor_msgs.msg import Image
+
+    from conftest import wait_for
+    from sf_nodes.common import IMAGE_QOS
+
+    images, lock = [], threading.Lock()
+
+    def keep(msg):
+        with lock:
+            images.append(msg)
+
+    ros.node("twin_listener").create_subscription(Image, "/camera_l/color/image_raw", keep, IMAGE_QOS)
+    sf = Path(sys.executable).parent / "sf"
+    proc = subprocess.Popen([str(sf), "launch", "twin", "--operator", "none", "--width", "96", "--height", "72",
+                             "--duration", "10"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ))
+    try:
+        wait_for(lambda: len(images) > 30, timeout=25, what="30 wrist-camera images from the twin")
+        with lock:
+            last = images[-1]
+        assert (last.width, last.height, last.encoding) == (96, 72, "rgb8")
+        assert len(set(bytes(last.data))) > 10  # a rendered scene, not a blank frame
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_sigterm_to_sf_launch_stops_its_nodes(tmp_path):
+    """Nodes run in sessions of their own; `sf launch` must take them down when it is terminated."""
+    import time
+
+    sf = Path(sys.executable).parent / "sf"
+    proc = subprocess.Popen([str(sf), "launch", "twin", "--operator", "none", "--width", "32", "--height", "24"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 20
+    children: list[int] = []
+    while time.monotonic() < deadline and not children:
+        children = children_of(proc.pid)
+        time.sleep(0.2)
+    assert children, "sf launch started no node"
+    time.sleep(2.0)
+    proc.terminate()
+    proc.communicate(timeout=30)
+    time.sleep(0.5)
+    alive = [p for p in children if Path(f"/proc/{p}").exists()
+             and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    assert not alive, f"nodes outlived sf launch: {alive}"
+
+
+def children_of(pid: int) -> list[int]:
+    """Child process ids, from /proc (no procps needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
