@@ -30,6 +30,20 @@ def test_sf_demo_end_to_end(tmp_path):
     assert "PASS" in result.stdout
 
 
+def test_sf_demo_twin_reports_a_successful_episode(tmp_path):
+    """The README's main command: the twin with its scripted operator, through the ROS graph."""
+    sf = Path(sys.executable).parent / "sf"
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    result = subprocess.run([str(sf), "demo", "--task", "grasp_vegetable", "--episodes", "1", "--seed", "3",
+                             "--out", str(tmp_path), "--measure-s", "1"],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "launch.log").read_text()
+    report = json.loads((tmp_path / "report.json").read_text())
+    (episode,) = report["episodes"]
+    assert episode["task"] == "grasp_vegetable" and episode["seed"] == 3 and episode["success"]
+    assert "success: 1/1" in result.stdout
+
+
 def test_sf_config_check_names_the_bad_field(tmp_path):
     bad = tmp_path / "robot.yaml"
     bad.write_text("arms:\n  left: {can_port: can0}\nlimits:\n  joint2: [1.0, 0.5]\n")
