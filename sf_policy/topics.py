@@ -63,3 +63,13 @@ def arm_node_name(side: str) -> str:
 
 def camera_node_name(role: str) -> str:
     return check_camera_role(role)
+
+
+# Recording (issue 4). The recorder node is named "recorder"; its services are
+# /recorder/start, /recorder/stop, /recorder/discard, /recorder/rerecord (std_srvs/Trigger).
+RECORDER_NODE = "recorder"
+#: std_msgs/String commands: "start [prompt...]", "stop", "discard", "rerecord" (keyboard, pedal, scripts).
+RECORDER_COMMAND = "/recorder/command"
+#: std_msgs/String, JSON: state, episode, duration, measured rate, drops, backlog, last error (2 Hz).
+RECORDER_STATUS = "/recorder/status"
+RECORDER_COMMANDS: tuple[str, ...] = ("start", "stop", "discard", "rerecord")
