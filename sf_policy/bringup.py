@@ -44,6 +44,8 @@ class NodeSpec:
 def _ros_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value == "":
+        return "''"  # rcl cannot parse "-p name:=" (empty); a YAML empty string it can
     return str(value)
 
 
@@ -73,23 +75,41 @@ def task_config(task: str, share: Path | None = None) -> dict[str, Any]:
     return data
 
 
+LINKS = ("hardware", "software")
+
+
 def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "follow",
                  robot_config: str | None = None, camera_config: str | None = None,
-                 cameras: bool = True) -> list[NodeSpec]:
+                 cameras: bool = True, link: str = "hardware", master_config: str | None = None) -> list[NodeSpec]:
     """Arm drivers (one per CAN bus) and camera drivers (one per configured role).
 
     With ``sim`` the arms are simulated at the CAN level inside the driver processes (the
     drivers' own code runs; the whole robot in simulation is ``twin_nodes``); cameras then
     come only from an explicit ``camera_config`` (e.g. OpenCV reading video files).
+
+    ``link`` picks the master-puppet link for ``mode="teleop"``: ``hardware`` (each master
+    shares its puppet's bus and the puppet follows it in hardware) or ``software`` (each
+    master on a bus of its own, from ``master_config``, default ``config/masters[_sim].yaml``;
+    a driver in ``master`` mode reads it, the puppets' drivers run in follow mode, and the
+    ``teleop_link`` node commands them).
     """
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {', '.join(LINKS)}, got {link!r}")
+    if link == "software" and mode != "teleop":
+        raise ValueError(f"link 'software' is for teleoperation (mode 'teleop'); in mode {mode!r} the puppets "
+                         "take their commands from elsewhere (a policy), and the link would fight it")
     share = share or bringup_share()
     config = share / "config"
     robot_path = robot_config or str(config / ("robot_sim.yaml" if sim else "robot.yaml"))
     robot = load_robot_config(robot_path)  # validate before anything starts
+    sides = [side for side in SIDES if side in robot.arms]
+    puppet_mode = "follow" if link == "software" else mode
     specs = [NodeSpec("piper_arm_driver", topics.arm_node_name(side),
-                      {"side": side, "robot_config": robot_path, "mode": mode, "simulate": sim},
+                      {"side": side, "robot_config": robot_path, "mode": puppet_mode, "simulate": sim},
                       params_files=(str(config / "arm_driver.yaml"),))
-             for side in SIDES if side in robot.arms]
+             for side in sides]
+    if link == "software":
+        specs += _software_link_nodes(config, robot, sides, sim, master_config)
     cam_path = camera_config or (None if sim else str(config / "cameras.yaml"))
     if cameras and cam_path:
         for role in load_camera_config(cam_path):
@@ -98,10 +118,86 @@ def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "f
     return specs
 
 
+def _software_link_nodes(config: Path, robot, sides: list[str], sim: bool,
+                         master_config: str | None) -> list[NodeSpec]:
+    """A master-mode driver per master bus, and the link node between masters and puppets."""
+    masters_path = master_config or str(config / ("masters_sim.yaml" if sim else "masters.yaml"))
+    masters = load_robot_config(masters_path)
+    for side in sides:
+        if side not in masters.arms:
+            raise ConfigError(masters_path, f"arms.{side}", "no master arm for this side; the software link "
+                              f"needs one per puppet ({robot.path} has {', '.join(sides)})")
+        master = masters.arms[side]
+        if (master.bustype, master.can_port) in {(a.bustype, a.can_port) for a in robot.arms.values()}:
+            raise ConfigError(masters_path, f"arms.{side}.can_port", f"{master.can_port!r} is a puppet's bus in "
+                              f"{robot.path}; for the software link each master needs a bus of its own "
+                              f"(else the puppet follows it in hardware)")
+    specs = [NodeSpec("piper_arm_driver", f"{topics.arm_node_name(side)}_master",
+                      {"side": side, "robot_config": masters_path, "mode": "master", "simulate": sim},
+                      params_files=(str(config / "arm_driver.yaml"),))
+             for side in sides]
+    specs.append(NodeSpec("teleop_link", "teleop_link", {"sides": sides, "robot_config": str(robot.path)},
+                          params_files=(str(config / "teleop_link.yaml"),)))
+    return specs
+
+
 def twin_nodes(task: str = "lift_pot", *, operator: str = "scripted", seed: int = 0, episodes: int = 0,
-               width: int = 224, height: int = 224, depth: bool = False, share: Path | None = None) -> list[NodeSpec]:
-    """The MuJoCo twin in place of the arm and camera drivers (same topics)."""
+               width: int = 224, height: int = 224, depth: bool = False, recorder_control: bool = False,
+               link: str = "hardware", share: Path | None = None) -> list[NodeSpec]:
+    """The MuJoCo twin in place of the arm and camera drivers (same topics).
+
+    ``recorder_control``: the scripted operator also starts, stops and discards the
+    recorder's episodes, as a person with a foot pedal would. ``link``: the twin models the
+    hardware master-puppet link itself; with ``software`` the puppets follow only commands
+    and the ``teleop_link`` node provides them, as on the robot.
+    """
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {', '.join(LINKS)}, got {link!r}")
+    share = share or bringup_share()
     task_config(task, share)  # an unknown task fails here, listing the known ones
-    return [NodeSpec("sim_node", "piper_twin", {"task": task, "operator": operator, "seed": seed,
-                                                "episodes": episodes, "width": width, "height": height,
-                                                "depth": depth})]
+    specs = [NodeSpec("sim_node", "piper_twin", {"task": task, "operator": operator, "seed": seed,
+                                                 "episodes": episodes, "width": width, "height": height,
+                                                 "depth": depth, "recorder_control": recorder_control,
+                                                 "link": link})]
+    if link == "software":
+        specs.append(NodeSpec("teleop_link", "teleop_link", {},
+                              params_files=(str(share / "config" / "teleop_link.yaml"),)))
+    return specs
+
+
+def default_dataset_root(task: str) -> Path:
+    """Where recordings go unless told: one dataset per task, like LeRobot's local cache."""
+    return Path(os.environ.get("SF_DATA_HOME", Path.home() / "sf_data")) / task
+
+
+def recorder_node(dataset_root: str | Path, *, prompt: str = "", episodes: int = 0,
+                  max_duration_s: float | None = None, bag_root: str = "", exit_when_done: bool = False,
+                  share: Path | None = None) -> NodeSpec:
+    params: dict[str, Any] = {"dataset_root": str(dataset_root), "task": prompt, "episodes": episodes,
+                              "bag_root": bag_root, "exit_when_done": exit_when_done}
+    if max_duration_s:
+        params["max_duration_s"] = float(max_duration_s)
+    config = (share or bringup_share()) / "config" / "recorder.yaml"
+    return NodeSpec("recorder", topics.RECORDER_NODE, params, params_files=(str(config),))
+
+
+def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool = False, episodes: int = 0,
+                 max_duration_s: float | None = None, seed: int = 0, bag_root: str = "",
+                 robot_config: str | None = None, camera_config: str | None = None, width: int = 224,
+                 height: int = 224, exit_when_done: bool = False, link: str = "hardware",
+                 share: Path | None = None) -> list[NodeSpec]:
+    """Recording: the robot in teleop mode (or the twin with its scripted operator) + the recorder.
+
+    ``link``: the master-puppet link (``driver_nodes``), on the twin the sim node's ``link``.
+    """
+    config = task_config(task, share)
+    root = dataset_root or default_dataset_root(task)
+    if sim:
+        graph = twin_nodes(task, operator="scripted", seed=seed, episodes=episodes, width=width, height=height,
+                           recorder_control=True, link=link, share=share)
+    else:
+        graph = driver_nodes(share, mode="teleop", robot_config=robot_config, link=link,
+                             camera_config=camera_config or config.get("camera_config") or None)
+    recorder = recorder_node(root, prompt=config["prompt"], episodes=episodes, max_duration_s=max_duration_s,
+                             bag_root=bag_root, exit_when_done=exit_when_done, share=share)
+    return [*graph, recorder]

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_dataset import app as dataset_app
+
 app = typer.Typer(help="Spatial Forcing on the AgileX bimanual Piper.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 launch_app = typer.Typer(help="Start a ROS 2 graph without the ROS launch system (same plan as ros2 launch).",
@@ -21,6 +23,7 @@ launch_app = typer.Typer(help="Start a ROS 2 graph without the ROS launch system
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(launch_app, name="launch")
 app.add_typer(config_app, name="config")
+app.add_typer(dataset_app, name="dataset")
 console = Console()
 
 
@@ -70,25 +73,58 @@ def demo(
     episodes: int = typer.Option(3, help="Episodes the scripted operator runs (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="First episode's seed."),
     drivers: bool = typer.Option(False, "--drivers", help="Instead: the driver graph on CAN-level simulated arms."),
+    record: bool = typer.Option(True, "--record/--no-record",
+                                help="Record the episodes into a LeRobot dataset (OUT/dataset) through the recorder."),
     measure_s: float = typer.Option(3.0, help="Seconds of rate measurement."),
     motion_s: float = typer.Option(4.0, help="--drivers: seconds of commanded motion."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the nodes' logs live."),
 ):
-    """End to end on this machine over ROS 2 (loopback): the twin with a scripted operator, or the drivers."""
+    """End to end on this machine over ROS 2 (loopback): record the twin's scripted episodes into a dataset."""
     from . import demo as demo_mod
 
     if drivers:
         console.print("[bold]sf demo --drivers[/bold]: arm drivers on simulated Pipers (CAN level) + camera drivers "
                       "on test videos, checked over ROS 2")
         report = demo_mod.run_drivers(out, measure_s, motion_s, verbose, echo=console.print)
+    elif record:
+        console.print(f"[bold]sf demo[/bold]: recording {episodes} episodes of the MuJoCo twin ({task}, scripted "
+                      f"operator, seeds from {seed}) through the ROS graph into {out / 'dataset'}")
+        report = demo_mod.run_record(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     else:
-        console.print(f"[bold]sf demo[/bold]: the MuJoCo twin ({task}) with its scripted operator through the ROS "
-                      f"graph, {episodes} episodes from seed {seed}")
+        console.print(f"[bold]sf demo --no-record[/bold]: the MuJoCo twin ({task}) with its scripted operator "
+                      f"through the ROS graph, {episodes} episodes from seed {seed}")
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     _print_report(report)
+    if "dataset" in report:
+        _print_dataset(report["dataset"])
     console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
     checks = report.get("checks", {})
     raise typer.Exit(0 if checks and all(checks.values()) else 1)
+
+
+@launch_app.command("record")
+def launch_record(
+    task: str = typer.Option("lift_pot", help="config/tasks/<task>.yaml; its prompt is the default."),
+    sim: bool = typer.Option(False, help="The MuJoCo twin with the task's scripted operator instead of the robot."),
+    episodes: int = typer.Option(0, help="Stop after this many saved episodes (0: until Ctrl-C)."),
+    dataset_root: Optional[Path] = typer.Option(None, help="Dataset to create or append to (default ~/sf_data/<task>)."),
+    max_duration_s: Optional[float] = typer.Option(None, help="Save an episode at this length."),
+    bag_root: str = typer.Option("", help="Also write each episode's raw topics as an MCAP bag here."),
+    link: str = typer.Option("hardware", help="Master-puppet link: hardware or software."),
+    seed: int = typer.Option(0, help="sim: first episode's seed."),
+):
+    """What ``ros2 launch sf_bringup record.launch.py`` starts; episodes from /recorder/command (record_keys)."""
+    from .bringup import record_nodes
+    from .launcher import Launch
+    from .ros_env import ros_env
+
+    specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
+                         max_duration_s=max_duration_s, bag_root=bag_root, link=link, exit_when_done=bool(episodes))
+    console.print(f"recording {task} into {specs[-1].parameters['dataset_root']}; start/stop with "
+                  "`record_keys` (or /recorder/command); Ctrl-C stops")
+    with Launch(specs, env=ros_env(local=True)) as graph:
+        code = graph.wait()
+    raise typer.Exit(code)
 
 
 @launch_app.command("twin")
@@ -138,6 +174,16 @@ def _print_report(report: dict) -> None:
         console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}  {name}")
     if report.get("missing"):
         console.print(f"[red]missing streams:[/red] {', '.join(report['missing'])}")
+
+
+def _print_dataset(dataset: dict) -> None:
+    from .cli_dataset import info_cmd
+
+    root = Path(dataset["root"])
+    if root.exists() and not dataset["problems"]:
+        info_cmd(root)  # what `sf dataset info` prints
+    for problem in dataset["problems"]:
+        console.print(f"[red]invalid:[/red] {problem}")
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 """``sf demo``: the furthest end-to-end path so far, on a machine with no robot.
 
+``run_record`` (the README's main job): the twin with its scripted operator working the
+recorder's pedal; the recorder node writes the episodes into a LeRobot v3 dataset, which
+is then validated and summarized.
 ``run_twin``: the MuJoCo twin on the ROS graph with the task's scripted operator driving
 the master arms; the monitor measures every stream and collects per-episode success.
 ``run_drivers``: the real driver graph (two Piper arm drivers on simulated CAN arms, three
@@ -10,12 +13,13 @@ Everything stays on loopback.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .bringup import NodeSpec, driver_nodes, twin_nodes
+from .bringup import NodeSpec, driver_nodes, record_nodes, twin_nodes
 from .launcher import Launch
 from .ros_env import ros_env
 from .topics import CAMERA_ROLES
@@ -67,8 +71,35 @@ def run_twin(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: int
     return _run_with_monitor(twin, monitor, out_dir, verbose, echo)
 
 
+def run_record(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: int = 0, measure_s: float = 2.0,
+               verbose: bool = False, echo=print, timeout_s: float = 900.0) -> dict:
+    """Record ``episodes`` successful scripted episodes from the twin through ROS into a dataset."""
+    from .data.reader import DatasetReader
+    from .data.validate import validate
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = out_dir / "dataset"
+    if root.exists():
+        shutil.rmtree(root)  # the demo's own output from an earlier run
+    # The twin keeps running episodes (a failed one is discarded) until the recorder has
+    # saved the requested number and exits.
+    *twin, recorder = record_nodes(task, dataset_root=root, sim=True, episodes=episodes, seed=seed,
+                                   exit_when_done=True)
+    twin = [NodeSpec(t.executable, t.name, {**t.parameters, "episodes": 0}, t.params_files) for t in twin]
+    monitor = {"measure_s": measure_s, "exercise": False, "episodes": episodes}
+    report = _run_with_monitor(twin, monitor, out_dir, verbose, echo, waiting_for=[recorder], timeout_s=timeout_s)
+    problems = validate(root) if root.exists() else []
+    saved = DatasetReader(root).num_episodes if root.exists() and not problems else 0
+    report["dataset"] = {"root": str(root), "episodes": saved, "problems": [str(p) for p in problems]}
+    report["checks"][f"{episodes} episodes in the dataset"] = saved == episodes
+    report["checks"]["dataset valid (sf dataset validate)"] = root.exists() and not problems
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def _run_with_monitor(graph_specs: list[NodeSpec], monitor_params: dict, out_dir: Path, verbose: bool,
-                      echo) -> dict:
+                      echo, waiting_for: list[NodeSpec] = (), timeout_s: float = 900.0) -> dict:
+    """Start the graph and the monitor; wait for the monitor (and ``waiting_for``) to exit."""
     report_path = out_dir / "report.json"
     report_path.unlink(missing_ok=True)
     monitor = NodeSpec("driver_monitor", "driver_monitor",
@@ -81,9 +112,13 @@ def _run_with_monitor(graph_specs: list[NodeSpec], monitor_params: dict, out_dir
             echo(line)
 
     env = ros_env(local=True)
-    with Launch(graph_specs, env=env, echo=keep) as graph, Launch([monitor], env=env, echo=keep) as check:
-        check.wait(duration=900.0)
+    with Launch(graph_specs, env=env, echo=keep) as graph, Launch(list(waiting_for), env=env, echo=keep) as awaited, \
+            Launch([monitor], env=env, echo=keep) as check:
+        code = awaited.wait(duration=timeout_s) if waiting_for else 0
+        check.wait(duration=timeout_s)
         failed = graph.dead()
+        if waiting_for and code != 0:
+            failed.update({spec.name: code for spec in waiting_for})
     (out_dir / "launch.log").write_text("\n".join(log_lines) + "\n")
     if not report_path.is_file():
         raise RuntimeError(f"the monitor wrote no report; see {out_dir / 'launch.log'}")

@@ -125,3 +125,24 @@ def arm_to_sdk(arm7: np.ndarray | list[float]) -> tuple[list[int], int]:
 def arm_from_sdk(joints_millideg: list[int], gripper_um: int) -> np.ndarray:
     """Six joint integers and the gripper integer -> one arm's 7 SI values."""
     return np.array([sdk_to_rad(j) for j in joints_millideg] + [gripper_sdk_to_m(gripper_um)])
+
+
+def arm_positions(names, positions) -> np.ndarray:
+    """One arm's 7 values in ARM_STATE_NAMES order, from a JointState's names and positions.
+
+    By name when names are given (drivers may order them differently), else by position.
+    Works for rclpy messages and bag messages alike; errors say what was received.
+    """
+    names, positions = list(names), list(positions)
+    if not names:
+        if len(positions) != len(ARM_STATE_NAMES):
+            raise ValueError(f"expected {len(ARM_STATE_NAMES)} positions ({', '.join(ARM_STATE_NAMES)}), "
+                             f"got {len(positions)}")
+        return np.asarray(positions, dtype=float)
+    if len(names) != len(positions):
+        raise ValueError(f"{len(names)} names but {len(positions)} positions")
+    by_name = dict(zip(names, positions))
+    missing = [n for n in ARM_STATE_NAMES if n not in by_name]
+    if missing:
+        raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(names)})")
+    return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)

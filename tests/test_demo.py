@@ -30,18 +30,22 @@ def test_sf_demo_end_to_end(tmp_path):
     assert "PASS" in result.stdout
 
 
-def test_sf_demo_twin_reports_a_successful_episode(tmp_path):
-    """The README's main command: the twin with its scripted operator, through the ROS graph."""
+def test_sf_demo_records_the_twin_into_a_valid_dataset(tmp_path):
+    """The README's main command: the twin's scripted operator works the recorder through ROS."""
+    from sf_policy.data.reader import DatasetReader
+
     sf = Path(sys.executable).parent / "sf"
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     result = subprocess.run([str(sf), "demo", "--task", "grasp_vegetable", "--episodes", "1", "--seed", "3",
                              "--out", str(tmp_path), "--measure-s", "1"],
-                            capture_output=True, text=True, timeout=240, env=env)
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "launch.log").read_text()
     report = json.loads((tmp_path / "report.json").read_text())
-    (episode,) = report["episodes"]
-    assert episode["task"] == "grasp_vegetable" and episode["seed"] == 3 and episode["success"]
-    assert "success: 1/1" in result.stdout
+    assert report["episodes"][0]["success"] and report["dataset"]["episodes"] == 1
+    ds = DatasetReader(tmp_path / "dataset")
+    assert ds.num_episodes == 1 and "pick up the" in ds.episodes[0].tasks[0]
+    assert ds.num_frames > 100  # the whole scripted episode (~5 s at 30 Hz)
+    assert "episodes 1" in result.stdout  # the dataset summary is printed
 
 
 def test_sf_config_check_names_the_bad_field(tmp_path):

@@ -88,12 +88,26 @@ def test_policy_launch_follow_mode_with_task(launch_standins):
     assert params[0].endswith("arm_driver.yaml") and params[-1]["mode"] == "follow"
 
 
-def test_record_launch_in_sim_runs_the_twin_with_its_scripted_operator(launch_standins):
-    declared, nodes = evaluate("record.launch.py", sim="true", task="lift_pot", seed="4")
-    assert declared["operator"] == "scripted"
-    assert [n.kwargs["executable"] for n in nodes] == ["sim_node"]
-    params = nodes[0].kwargs["parameters"][-1]
-    assert params["task"] == "lift_pot" and params["operator"] == "scripted" and params["seed"] == 4
+def test_record_launch_in_sim_runs_the_twin_and_the_recorder(launch_standins, tmp_path):
+    declared, nodes = evaluate("record.launch.py", sim="true", task="lift_pot", seed="4", episodes="3",
+                               dataset_root=str(tmp_path / "ds"))
+    assert {"task", "episodes", "max_duration_s", "dataset_root", "bag_root", "camera_config"} <= set(declared)
+    assert [n.kwargs["executable"] for n in nodes] == ["sim_node", "recorder"]
+    twin = nodes[0].kwargs["parameters"][-1]
+    assert twin["task"] == "lift_pot" and twin["operator"] == "scripted" and twin["seed"] == 4
+    assert twin["recorder_control"] is True and twin["episodes"] == 3
+    recorder = nodes[1].kwargs["parameters"]
+    assert recorder[0].endswith("recorder.yaml")
+    assert recorder[-1]["dataset_root"] == str(tmp_path / "ds") and recorder[-1]["episodes"] == 3
+    assert recorder[-1]["task"].startswith("Lift the pot")
+
+
+def test_record_launch_on_the_robot_reads_the_masters(launch_standins):
+    _, nodes = evaluate("record.launch.py", task="lift_pot")
+    arms = [n for n in nodes if n.kwargs["executable"] == "piper_arm_driver"]
+    assert arms and all(n.kwargs["parameters"][-1]["mode"] == "teleop" for n in arms)
+    assert nodes[-1].kwargs["executable"] == "recorder"
+    assert nodes[-1].kwargs["parameters"][-1]["dataset_root"].endswith("lift_pot")
 
 
 def test_policy_launch_in_sim_leaves_the_arms_to_the_policy(launch_standins):
@@ -112,3 +126,9 @@ def test_unknown_task_fails_naming_known_ones(launch_standins):
 
     with pytest.raises(ConfigError, match="unknown task 'juggle'; known tasks"):
         evaluate("policy.launch.py", task="juggle")
+
+
+def test_record_launch_software_link_in_sim_adds_the_link_node(launch_standins, tmp_path):
+    _, nodes = evaluate("record.launch.py", sim="true", link="software", dataset_root=str(tmp_path / "ds"))
+    assert [n.kwargs["executable"] for n in nodes] == ["sim_node", "teleop_link", "recorder"]
+    assert nodes[0].kwargs["parameters"][-1]["link"] == "software"

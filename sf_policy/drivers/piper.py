@@ -9,6 +9,11 @@ benchmarked directly. It adds to the SDK:
 * the driver's safety rules: a command is refused when it holds NaN/inf, when the arm is
   silent (no feedback for ``silence_timeout``), e-stopped or not enabled; positions are
   clamped to the configured limits and the clamped joints are reported.
+
+``master_only=True`` is for a master arm alone on its bus (unplugged from its puppet, for
+the software master-puppet link). Set as a master, the Piper sends its joint and gripper
+targets (0x155-0x157, 0x159) and no joint feedback, so those frames are what tells that the
+bus is alive; nothing is ever sent on such a bus, not even the SDK's start-up queries.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ _LOG = logging.getLogger(__name__)
 FEEDBACK_IDS = frozenset(range(0x2A1, 0x2A9)) | frozenset(range(0x251, 0x257)) | frozenset(range(0x261, 0x267))
 JOINT_FEEDBACK_IDS = (0x2A5, 0x2A6, 0x2A7)
 MASTER_JOINT_IDS = (0x155, 0x156, 0x157)
+MASTER_FRAME_IDS = frozenset(MASTER_JOINT_IDS) | {0x159}  # joint and gripper targets
 CTRL_MODE_CAN = 0x01
 MOVE_J = 0x01
 ARM_STATUS_ESTOP = 0x01
@@ -97,12 +103,12 @@ def _sdk_class():
 
 
 class PiperArm:
-    """One CAN bus: a puppet arm (and, in teleop, its master arm's targets)."""
+    """One CAN bus: a puppet arm (and, in teleop, its master arm's targets), or a master arm alone."""
 
     def __init__(self, can_port: str, bustype: str = "socketcan", limits: dict[str, JointLimit] | None = None,
                  speed_percent: int = 50, gripper_effort: float = 1.0, silence_timeout: float = 0.25,
                  on_state: Callable[[ArmReading], None] | None = None,
-                 on_master: Callable[[ArmReading], None] | None = None):
+                 on_master: Callable[[ArmReading], None] | None = None, master_only: bool = False):
         if not 1 <= speed_percent <= 100:
             raise ValueError(f"speed_percent must be in [1, 100], got {speed_percent}")
         if not 0.0 <= gripper_effort <= GRIPPER_MAX_EFFORT:
@@ -114,6 +120,7 @@ class PiperArm:
         self.speed_percent, self.gripper_effort = speed_percent, gripper_effort
         self.silence_timeout = silence_timeout
         self.on_state, self.on_master = on_state, on_master
+        self.master_only = master_only
         self._sdk = None
         self._last_frame = -math.inf  # monotonic time of the last feedback frame
         self._seen_joints: set[int] = set()
@@ -130,9 +137,14 @@ class PiperArm:
             raise RuntimeError(f"CAN port {self.can_port!r} is already held by another piper_sdk interface "
                                "in this process; each arm needs its own CAN bus")
         sdk.CreateCanBus(self.can_port, bustype=self.bustype, judge_flag=False)
-        sdk.frame_hook = self._on_frame
-        sdk.ConnectPort(can_init=True, piper_init=True)
+        # Set before the reader thread starts: its first frames already call back into read_state().
         self._sdk = sdk
+        sdk.frame_hook = self._on_frame
+        try:
+            sdk.ConnectPort(can_init=True, piper_init=not self.master_only)  # piper_init sends queries
+        except Exception:
+            sdk.frame_hook, self._sdk = None, None
+            raise
 
     def close(self) -> None:
         if self._sdk is not None:
@@ -156,7 +168,7 @@ class PiperArm:
             self._callback_failing = True
 
     def _dispatch(self, can_id: int, can_time: float) -> None:
-        if can_id in FEEDBACK_IDS:
+        if can_id in (MASTER_FRAME_IDS if self.master_only else FEEDBACK_IDS):
             self._last_frame = time.monotonic()
         if can_id in JOINT_FEEDBACK_IDS:
             self._seen_joints.add(can_id)
@@ -169,6 +181,8 @@ class PiperArm:
             self._seen_master.add(can_id)
             if len(self._seen_master) == 3:
                 self._seen_master.clear()
+                if self.master_only:
+                    self._got_state.set()
                 if self.on_master is not None:
                     self.on_master(self.read_master(int(can_time * 1e9)))
 
@@ -215,6 +229,7 @@ class PiperArm:
     # --- commands ------------------------------------------------------------------------
     def enable(self) -> None:
         """Enable motors and gripper. Needs live feedback: the gripper's target is its present opening."""
+        self._refuse_on_master_bus("enable")
         if not self.wait_for_feedback(timeout=1.0):
             raise ArmSilentError(f"no feedback from the arm on {self.can_port!r}; not enabling it")
         sdk = self._require_sdk()
@@ -223,6 +238,7 @@ class PiperArm:
         sdk.GripperCtrl(self._present_gripper(), effort_nm_to_sdk(self.gripper_effort), 0x01, 0)
 
     def disable(self) -> None:
+        self._refuse_on_master_bus("disable")
         sdk = self._require_sdk()
         sdk.GripperCtrl(self._present_gripper(), 0, 0x00, 0)
         sdk.DisableArm(7, 0x01)
@@ -231,10 +247,12 @@ class PiperArm:
         return int(self._require_sdk().GetArmGripperMsgs().gripper_state.grippers_angle)
 
     def emergency_stop(self) -> None:
+        self._refuse_on_master_bus("emergency stop")  # stop the puppet: it is on its own bus
         self._require_sdk().EmergencyStop(0x01)
 
     def resume(self) -> None:
         """Leave the e-stop state (the arm stays where it stopped until a new command)."""
+        self._refuse_on_master_bus("resume")
         self._require_sdk().EmergencyStop(0x02)
 
     def check_command(self, target: np.ndarray | list[float]) -> tuple[np.ndarray | None, CommandResult]:
@@ -252,6 +270,8 @@ class PiperArm:
 
     def command(self, target: np.ndarray | list[float]) -> CommandResult:
         """Send joint and gripper targets (SI) to the puppet, if it is safe to do so."""
+        if self.master_only:
+            return CommandResult(False, "this bus carries a master arm only; commands go to its puppet's bus")
         safe, result = self.check_command(target)
         if safe is None:
             return result
@@ -267,6 +287,10 @@ class PiperArm:
             sdk.JointCtrl(*joints)
             sdk.GripperCtrl(gripper, effort_nm_to_sdk(self.gripper_effort), 0x01, 0)
         return result
+
+    def _refuse_on_master_bus(self, what: str) -> None:
+        if self.master_only:
+            raise RuntimeError(f"{what} on {self.can_port!r}: this bus carries a master arm only (read-only)")
 
     def _require_sdk(self):
         if self._sdk is None:

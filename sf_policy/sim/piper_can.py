@@ -12,7 +12,9 @@ enable/disable (0x471), CAN control mode (0x151), joint targets (0x155-0x157), g
 targets (0x159) and the emergency stop (0x150). The motors move toward the target with a
 speed limit; an e-stopped or disabled arm does not move. A master arm, when given a
 trajectory, sends its joint targets (0x155-0x157, 0x159) on the same bus, and the puppet
-follows them, as the hardware master-puppet link does during teleoperation.
+follows them, as the hardware master-puppet link does during teleoperation. With
+``puppet=False`` the master is alone on its bus (the software link's setup): only its
+target frames are sent, as a Piper set as master sends no joint feedback.
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ class SimulatedPiper:
 
     def __init__(self, channel: str, interface: str = "virtual", rate_hz: float = 200.0,
                  master: MasterTrajectory | None = None, initial: np.ndarray | None = None,
-                 stiffness: float = 20.0):
+                 stiffness: float = 20.0, puppet: bool = True):
         self.channel, self.interface, self.rate_hz = channel, interface, rate_hz
         self.master = master
+        self.puppet = puppet
+        if not puppet and master is None:
+            raise ValueError("a bus without a puppet needs a master trajectory")
         self.state = SimArmState()
         if initial is not None:
             self.state.position = np.asarray(initial, dtype=float).copy()
@@ -75,7 +80,7 @@ class SimulatedPiper:
             self.state.motors_enabled = True
         self.stiffness = stiffness  # 1/s: how fast the motor closes the gap (before the speed cap)
         self.max_speed = np.array([PIPER_LIMITS[n].max_velocity for n in ARM_STATE_NAMES])
-        #: Set to True to stop sending feedback (models a cut cable or a powered-off arm).
+        #: Set to True to stop sending any frame (models a cut cable or a powered-off arm).
         self.silent = False
         self.frames_sent = 0
         self.received: list[can.Message] = []
@@ -126,10 +131,10 @@ class SimulatedPiper:
         next_tick = time.monotonic()
         while not self._stop.is_set():
             self._drain_commands()
-            if self.master is not None:
+            if self.master is not None and not self.silent:
                 self._send_master(self.master(time.monotonic() - self._t0))
             self._step(period)
-            if not self.silent:
+            if self.puppet and not self.silent:
                 self._send_feedback()
             self._tick += 1
             next_tick += period
@@ -222,6 +227,8 @@ class SimulatedPiper:
         for k, can_id in enumerate(JOINT_CTRL):
             self._send(can_id, struct.pack(">ii", joints[2 * k], joints[2 * k + 1]))
         self._send(GRIPPER_CTRL, struct.pack(">ihBB", gripper, 1000, 0x01, 0))
+        if not self.puppet:
+            return
         with self._lock:  # the hardware link: the puppet tracks the master while enabled
             self.state.target = arm_from_sdk(joints, gripper)
             self.state.ctrl_mode = CTRL_CAN

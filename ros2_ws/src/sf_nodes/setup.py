@@ -22,6 +22,9 @@ setup(
             "camera_driver = sf_nodes.camera_driver:main",
             "driver_monitor = sf_nodes.monitor:main",
             "sim_node = sf_nodes.sim_node:main",
+            "teleop_link = sf_nodes.teleop_link:main",
+            "record_keys = sf_nodes.record_keys:main",
+            "recorder = sf_nodes.recorder:main",
         ],
     },
 )

@@ -1,16 +1,38 @@
-"""Recording bringup: drivers in teleop mode (the master arms drive the puppets).
+"""Recording bringup: the arms in teleop mode and the cameras (or the twin), and the recorder.
 
-  ros2 launch sf_bringup record.launch.py [sim:=true] [task:=lift_pot] [camera_config:=...]
-The recorder node and the teleop helper join this launch file with the recording issue;
-today it starts what recording stands on: the arms (read-only) and the cameras.
+  ros2 launch sf_bringup record.launch.py task:=lift_pot [sim:=true] [episodes:=50]
+      [dataset_root:=~/sf_data/lift_pot] [max_duration_s:=60] [bag_root:=...] [camera_config:=...]
+Episodes are started and stopped from /recorder/command: the key/pedal helper
+(`ros2 run sf_nodes record_keys` in a terminal), or, with sim:=true, the scripted operator.
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _plan import drivers_launch  # noqa: E402
+from _plan import arguments, as_bool, large_data_env, opaque, to_actions  # noqa: E402
+from launch import LaunchDescription  # noqa: E402
 
 
 def generate_launch_description():
-    return drivers_launch(mode="teleop", with_task=True)
+    from sf_policy.bringup import record_nodes
+
+    args = [("task", "lift_pot", "task name: config/tasks/<task>.yaml (its prompt is the default)"),
+            ("sim", "false", "the MuJoCo twin with the task's scripted operator instead of the robot"),
+            ("seed", "0", "sim only: first episode's seed"),
+            ("episodes", "0", "stop after this many saved episodes (0: no limit)"),
+            ("max_duration_s", "0", "an episode is saved at this length (0: config/recorder.yaml's)"),
+            ("dataset_root", "", "LeRobot v3 dataset to create or append to (default ~/sf_data/<task>)"),
+            ("bag_root", "", "also write each episode's raw topics as an MCAP bag here"),
+            ("link", "hardware", "master-puppet link: hardware (shared bus) or software (teleop_link node)"),
+            ("robot_config", "", "robot YAML (default: config/robot.yaml)"),
+            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml)")]
+
+    def build(a):
+        return to_actions(record_nodes(
+            a["task"], dataset_root=a["dataset_root"] or None, sim=as_bool(a["sim"]), seed=int(a["seed"]),
+            episodes=int(a["episodes"]), max_duration_s=float(a["max_duration_s"]) or None,
+            bag_root=a["bag_root"], link=a["link"], robot_config=a["robot_config"] or None,
+            camera_config=a["camera_config"] or None))
+
+    return LaunchDescription([*arguments(*args), *large_data_env(), opaque(build)])

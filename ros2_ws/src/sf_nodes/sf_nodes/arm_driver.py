@@ -7,8 +7,10 @@
 
 Modes: ``teleop`` reads the puppet and the master arm's targets and sends nothing (the
 hardware master-puppet link drives the arm); ``follow`` drives the puppet from the command
-topic. The safety rules live in ``sf_policy.drivers.piper.PiperArm``; this node adds the
-command's age check, the e-stop services and diagnostics. See docs/interfaces.md.
+topic; ``master`` reads a master arm alone on its bus (the software link: the teleop_link
+node turns its targets into the puppet driver's commands) and sends nothing. The safety
+rules live in ``sf_policy.drivers.piper.PiperArm``; this node adds the command's age check,
+the e-stop services and diagnostics. See docs/interfaces.md.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sf_policy.embodiment import ARM_STATE_NAMES
 from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
                      ordered_positions, publish_diagnostics, run_node, stale_reason)
 
-MODES = ("teleop", "follow")
+MODES = ("teleop", "follow", "master")
 
 
 class PiperArmDriver(LifecycleNode):
@@ -80,22 +82,27 @@ class PiperArmDriver(LifecycleNode):
         arm_cfg = self.robot.arms[self.side]
         if self.simulate:
             self.sim = self._start_simulated_arm(arm_cfg)
-        self._state_pub = self.create_publisher(JointState, topics.puppet_state(self.side), SENSOR_QOS)
+        master_only = self.mode == "master"  # no puppet on this bus: no puppet state, no commands
+        if not master_only:
+            self._state_pub = self.create_publisher(JointState, topics.puppet_state(self.side), SENSOR_QOS)
         self._master_pub = self.create_publisher(JointState, topics.master_state(self.side), SENSOR_QOS)
         try:
             self.arm = PiperArm(arm_cfg.can_port, arm_cfg.bustype, self.robot.limits, self.speed_percent,
-                                self.gripper_effort, self.silence_timeout, on_state=self._publish_state,
-                                on_master=self._publish_master if self.mode == "teleop" else None)
+                                self.gripper_effort, self.silence_timeout,
+                                on_state=None if master_only else self._publish_state,
+                                on_master=self._publish_master if self.mode in ("teleop", "master") else None,
+                                master_only=master_only)
             self.arm.connect()
         except Exception as exc:  # the SDK raises ConnectionError, ValueError...
             self.get_logger().error(f"cannot open CAN port {arm_cfg.can_port!r} ({arm_cfg.bustype}) "
                                     f"from {self.robot_config}: {exc}")
             self._stop_simulated_arm()
             return TransitionCallbackReturn.FAILURE
-        self._cmd_sub = self.create_subscription(JointState, topics.arm_command(self.side), self._on_command,
-                                                 COMMAND_QOS)
-        self._srv_estop = self.create_service(Trigger, "~/estop", self._on_estop)
-        self._srv_resume = self.create_service(Trigger, "~/resume", self._on_resume)
+        if not master_only:  # the puppet's driver takes the commands and the e-stop
+            self._cmd_sub = self.create_subscription(JointState, topics.arm_command(self.side), self._on_command,
+                                                     COMMAND_QOS)
+            self._srv_estop = self.create_service(Trigger, "~/estop", self._on_estop)
+            self._srv_resume = self.create_service(Trigger, "~/resume", self._on_resume)
         self._diag_timer = self.create_timer(self.diagnostics_period, self._publish_diagnostics)
         self.get_logger().info(f"{self.side} arm on {arm_cfg.can_port} ({arm_cfg.bustype}), mode={self.mode}")
         return TransitionCallbackReturn.SUCCESS
@@ -109,7 +116,7 @@ class PiperArmDriver(LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
         self._active = True
         self.get_logger().info("active: " + ("executing commands on " + topics.arm_command(self.side)
-                                             if self.mode == "follow" else "teleop, reading only"))
+                                             if self.mode == "follow" else f"{self.mode}, reading only"))
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -154,8 +161,8 @@ class PiperArmDriver(LifecycleNode):
         if arm_cfg.bustype != "virtual":
             raise ConfigError(self.robot_config, f"arms.{self.side}.bustype",
                               "simulate:=true needs bustype 'virtual' (never simulate on a real bus)")
-        master = teleop_wave(self.side) if self.mode == "teleop" else None
-        return SimulatedPiper(arm_cfg.can_port, "virtual", master=master).start()
+        master = teleop_wave(self.side) if self.mode in ("teleop", "master") else None
+        return SimulatedPiper(arm_cfg.can_port, "virtual", master=master, puppet=self.mode != "master").start()
 
     def _stop_simulated_arm(self) -> None:
         if self.sim is not None:
@@ -238,7 +245,8 @@ class PiperArmDriver(LifecycleNode):
             self.get_logger().info(f"CAN feedback from the {self.side} arm on {self.arm.can_port}")
         self._was_silent = st.silent
         if st.silent:
-            level, message = ERROR, f"no CAN feedback for {st.feedback_age_s:.2f} s"
+            what = "frames from the master arm" if self.mode == "master" else "feedback"
+            level, message = ERROR, f"no CAN {what} for {st.feedback_age_s:.2f} s"
         elif st.arm_status != 0 or st.err_code != 0:
             level, message = ERROR, f"arm status: {st.arm_status_text}, error bits 0x{st.err_code:04X}"
         elif self.mode == "follow" and self._active and not st.motors_enabled:
@@ -254,7 +262,11 @@ class PiperArmDriver(LifecycleNode):
                   ("feedback_age_s", f"{min(st.feedback_age_s, 1e6):.3f}"),
                   *counts.items(), ("last_refusal", last_refusal)]
         publish_diagnostics(self, self._diag_pub, [
-            diagnostic_status(f"piper_arm_driver: {self.side}", self.arm.can_port, level, message, values)])
+            diagnostic_status(self._diagnostic_name(), self.arm.can_port, level, message, values)])
+
+    def _diagnostic_name(self) -> str:
+        # The master's driver runs beside its puppet's: their statuses must not share a name.
+        return f"piper_arm_driver: {self.side}" + (" master" if self.mode == "master" else "")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 
-from sf_policy.embodiment import ARM_STATE_NAMES
+from sf_policy.embodiment import arm_positions
 from sf_policy.topics import DIAGNOSTICS
 
 #: Small sensor streams (joint states): best effort, keep the latest few. Subscribers
@@ -104,17 +104,6 @@ def stale_reason(node: Node, msg, max_age_s: float) -> str:
 
 def ordered_positions(msg: JointState) -> np.ndarray:
     """Positions in ARM_STATE_NAMES order: by name when names are given, else by position."""
-    if not msg.name:
-        if len(msg.position) != len(ARM_STATE_NAMES):
-            raise ValueError(f"expected {len(ARM_STATE_NAMES)} positions ({', '.join(ARM_STATE_NAMES)}), "
-                             f"got {len(msg.position)}")
-        return np.asarray(msg.position, dtype=float)
-    if len(msg.name) != len(msg.position):
-        raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
-    by_name = dict(zip(msg.name, msg.position))
-    missing = [n for n in ARM_STATE_NAMES if n not in by_name]
-    if missing:
-        raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(msg.name)})")
-    return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
+    return arm_positions(msg.name, msg.position)
 
 

@@ -6,7 +6,14 @@ executes the same joint command topics (follow mode: a command sets that arm's m
 targets, as a policy would), and runs episodes: ``~/reset`` (std_srvs/Trigger) starts the
 episode given by the ``task`` and ``seed`` parameters; every finished episode is reported
 as JSON on ``/sim/episode`` (std_msgs/String). With ``operator:=scripted`` the task's
-scripted expert plays the teleoperator and drives the master arms.
+scripted expert plays the teleoperator and drives the master arms. With
+``recorder_control:=true`` it also works the recorder's pedal: it waits until the recorder
+hears every stream, sends "start <prompt>", holds still ``hold_s``, runs the episode, sends
+"stop" after a success or "discard" after a failure, and holds still again.
+
+``link`` models the master-puppet link: ``hardware`` (default) as above, the puppets track
+the masters; ``software``: the puppets follow only the command topics (the teleop_link node
+turns the published masters into them), while the masters still move with the operator.
 
 Physics and rendering run on one thread of their own (an EGL context belongs to the thread
 that made it), paced to the wall clock when ``realtime`` is true.
@@ -35,6 +42,9 @@ from .common import (COMMAND_QOS, ERROR, IMAGE_QOS, OK, SENSOR_QOS, diagnostic_s
                      header, ordered_positions, publish_diagnostics, run_node, stale_reason)
 
 EPISODE_TOPIC = "/sim/episode"
+RECORDER_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+RECORDER_STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
 EPISODE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -55,6 +65,11 @@ class SimNode(Node):
         self.realtime = p("realtime", True).value
         self.max_command_age = p("max_command_age", 0.2).value
         self.step_limit = p("step_limit", 0).value  # control ticks per episode; 0: the task's own
+        self.link = p("link", "hardware").value  # software: the puppets follow only the command topics
+        if self.link not in ("hardware", "software"):
+            raise ValueError(f"parameter link: expected hardware or software, got {self.link!r}")
+        self.recorder_control = p("recorder_control", False).value
+        self.hold_s = p("hold_s", 0.3).value
         if self.operator not in ("scripted", "none"):
             raise ValueError(f"parameter operator: expected scripted or none, got {self.operator!r}")
         for role in self.roles:
@@ -63,6 +78,9 @@ class SimNode(Node):
         self._commands: dict[str, np.ndarray] = {}
         self._reset_request: threading.Event | None = None
         self._episode_log: list[dict] = []
+        self._recorder_status: dict = {}
+        self._steps = 0  # physics steps since start: the camera cadence runs on across episodes
+        self._next_wall = time.monotonic()
         self._last_error = ""
         self._make_interfaces()
         self._stop = threading.Event()
@@ -82,6 +100,9 @@ class SimNode(Node):
             self.create_subscription(JointState, topics.arm_command(side),
                                      lambda msg, side=side: self._on_command(side, msg), COMMAND_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        if self.recorder_control:
+            self._recorder_pub = self.create_publisher(String, topics.RECORDER_COMMAND, RECORDER_COMMAND_QOS)
+            self.create_subscription(String, topics.RECORDER_STATUS, self._on_recorder_status, RECORDER_STATUS_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
 
     # --- commands and services (executor thread) -----------------------------------------
@@ -99,6 +120,9 @@ class SimNode(Node):
             return
         with self._lock:
             self._commands[side] = target
+
+    def _on_recorder_status(self, msg: String) -> None:
+        self._recorder_status = json.loads(msg.data)
 
     def _on_reset(self, request, response):
         self.task = self.get_parameter("task").value
@@ -127,6 +151,7 @@ class SimNode(Node):
         if self.step_limit:
             twin.task.step_limit = int(self.step_limit)
         twin.reset(int(self.seed))
+        self._servo_home = twin.master.copy()  # software link: where the puppets hold until commanded
         self._expert = self._make_expert(twin)
         with self._lock:
             self._commands.clear()
@@ -142,52 +167,108 @@ class SimNode(Node):
 
     def _loop(self) -> None:
         twin = self._new_episode(None)
-        dt, frame_every = 1.0 / self.state_rate, self.state_rate / self.camera_rate
-        tick_every = self.state_rate / CONTROL_HZ
-        step, next_wall, episodes_done = 0, time.monotonic(), 0
+        tick_every = max(1, round(self.state_rate / CONTROL_HZ))
+        step, episodes_done = 0, 0
         master = twin.master.copy()
+        self._begin_recording(twin)
         while not self._stop.is_set():
             request = self._take_reset_request()
             if request is not None:
                 twin, step, master = self._reset_now(twin, request)
-            if step % max(1, round(tick_every)) == 0:
+                self._begin_recording(twin)
+            if step % tick_every == 0:
                 master = self._master_targets(twin, master)
-            twin.set_master(master)
-            twin.advance(dt)
-            stamp = time.time_ns()
-            self._publish_states(twin, stamp)
-            if self.roles and step % max(1, round(frame_every)) == 0:
-                self._publish_images(twin, stamp)
+            self._physics_step(twin, master)
             step += 1
-            if step % max(1, round(tick_every)) == 0:
+            if step % tick_every == 0:
                 twin.tick += 1
                 if twin.success() or twin.done():
                     episodes_done += 1
                     self._report(twin, episodes_done)
+                    self._end_recording(twin)
                     if self.episodes and episodes_done >= self.episodes:
                         self._idle_until_reset(twin)  # the loop's top takes the reset request
                         continue
                     self.seed = int(self.seed) + 1
                     twin = self._new_episode(twin)
                     master = twin.master.copy()
-            if self.realtime:
-                next_wall += dt
-                delay = next_wall - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:
-                    next_wall = time.monotonic()  # behind: never burst to catch up
+                    self._begin_recording(twin)
 
-    def _master_targets(self, twin: Twin, current: np.ndarray) -> np.ndarray:
-        """The scripted operator's targets, with any fresh command overriding its arm."""
-        master = current.copy()
-        if self._expert is not None and not getattr(self._expert, "done", False):
-            master = np.asarray(self._expert.act(), dtype=float)
+    def _physics_step(self, twin: Twin, master: np.ndarray) -> None:
+        """One step at ``state_rate``: physics, states, and the cameras every ``camera_rate``."""
+        dt = 1.0 / self.state_rate
+        self._drive(twin, master)
+        twin.advance(dt)
+        stamp = time.time_ns()
+        self._publish_states(twin, stamp)
+        if self.roles and self._steps % max(1, round(self.state_rate / self.camera_rate)) == 0:
+            self._publish_images(twin, stamp)
+        self._steps += 1
+        if self.realtime:
+            self._next_wall += dt
+            delay = self._next_wall - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self._next_wall = time.monotonic()  # behind: never burst to catch up
+
+    def _hold(self, twin: Twin, seconds: float | None = None, until=None) -> None:
+        """Keep the world running with the masters still, so states and images keep flowing."""
+        master, end = twin.master.copy(), time.monotonic() + (seconds or 0.0)
+        while not self._stop.is_set():
+            if until is not None and until():
+                return
+            if seconds is not None and time.monotonic() >= end:
+                return
+            self._physics_step(twin, master)
+
+    # --- the recorder's pedal (recorder_control) ----------------------------------------------
+    def _recorder_ready(self) -> bool:
+        status = self._recorder_status
+        return status.get("state") == "idle" and not status.get("silent", ["?"])
+
+    def _begin_recording(self, twin: Twin) -> None:
+        if not self.recorder_control:
+            return
+        if not self._recorder_ready():
+            self.get_logger().info(f"waiting for the recorder on {topics.RECORDER_STATUS} to hear every stream")
+            self._hold(twin, until=self._recorder_ready)
+        self._recorder_pub.publish(String(data=f"start {twin.info.get('prompt', '')}".strip()))
+        self._hold(twin, self.hold_s)
+
+    def _end_recording(self, twin: Twin) -> None:
+        if not self.recorder_control:
+            return
+        self._recorder_pub.publish(String(data="stop" if twin.success() else "discard"))
+        self._hold(twin, self.hold_s)
+        # The recorder answers within one status period; a stale "recording" must not count as ready.
+        self._recorder_status = {}
+
+    def _drive(self, twin: Twin, master: np.ndarray) -> None:
+        """The master-puppet link. ``hardware``: the puppets' servos track the masters.
+        ``software``: they track the command topics only (an arm holds its episode-start pose
+        until its first command), while the masters move with the operator and are published."""
+        if self.link == "hardware":
+            twin.set_master(master)
+            return
+        servo = self._with_commands(self._servo_home)
+        twin.set_master(servo)  # the twin's servos track its "master" targets...
+        twin.master = master.copy()  # ...but the masters it reports are the operator's
+
+    def _with_commands(self, targets: np.ndarray) -> np.ndarray:
+        out = targets.copy()
         with self._lock:
             for k, side in enumerate(SIDES):
                 if side in self._commands:
-                    master[k * DOF_PER_ARM:(k + 1) * DOF_PER_ARM] = self._commands[side]
-        return master
+                    out[k * DOF_PER_ARM:(k + 1) * DOF_PER_ARM] = self._commands[side]
+        return out
+
+    def _master_targets(self, twin: Twin, current: np.ndarray) -> np.ndarray:
+        """The scripted operator's targets; on the hardware link a fresh command overrides its arm."""
+        master = current.copy()
+        if self._expert is not None and not getattr(self._expert, "done", False):
+            master = np.asarray(self._expert.act(), dtype=float)
+        return master if self.link == "software" else self._with_commands(master)
 
     def _take_reset_request(self):
         with self._lock:

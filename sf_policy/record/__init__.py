@@ -1,0 +1,1 @@
+"""Recording: frame synchronization, the recording session, raw bags."""
