@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
@@ -63,12 +63,20 @@ class Streams(Node):
         self.thread.start()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            if self.stop.is_set() or not rclpy.ok():  # SIGTERM shut the context down mid-publish
+                return
+            raise
+
+    def _run(self) -> None:
         start = time.monotonic() + 0.5
         self.epoch_ns = time.time_ns() + 500_000_000
         events = [(start + phase, "camera", role, 0) for role, phase in CAMERA_PHASES_S.items()]
         events.append((start, "arms", "", 0))
         heapq.heapify(events)
-        while not self.stop.is_set():
+        while not self.stop.is_set() and rclpy.ok():
             due, kind, name, k = heapq.heappop(events)
             delay = due - time.monotonic()
             if delay > 0:
@@ -104,10 +112,11 @@ def main() -> None:
     executor.add_node(node)
     try:
         executor.spin()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM from the bench
         pass
     finally:
         node.stop.set()
+        node.thread.join(2.0)  # it publishes: let it finish before the publishers go
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

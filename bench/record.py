@@ -86,6 +86,8 @@ class StatusWatcher:
         self.peak_backlog = max(self.peak_backlog, int(self.status.get("backlog", 0)))
 
     def send(self, text: str) -> None:
+        # The recorder's status can reach us before our publisher has matched its subscription.
+        self.wait(lambda _: self.commands.get_subscription_count() > 0, 10, "the recorder to subscribe to commands")
         self.commands.publish(self.String(data=text))
 
     def wait(self, predicate, timeout: float, what: str) -> None:
@@ -124,7 +126,7 @@ def frame_figures(root: Path, fps: float) -> dict:
     assembly_jitter_ms = np.abs(np.diff(ticks) - period) / 1e6
     latency_ms = (ticks - frame_times) / 1e6
     skew_ms = ds.column(SKEW).reshape(-1)
-    duration = (ticks[-1] - ticks[0]) / 1e9
+    duration = (frame_times[-1] - frame_times[0]) / 1e9  # capture clock: the rate the data has
     figures.update({
         "recorded_rate_hz": round((len(ticks) - 1) / duration, 3),
         "tick_jitter_ms": _spread(jitter_ms),
@@ -142,7 +144,7 @@ def _spread(values: np.ndarray) -> dict:
             "max": round(float(values.max()), 3)}
 
 
-def soak(seconds: float, width: int, height: int, workdir: Path) -> dict:
+def soak(seconds: float, width: int, height: int, workdir: Path, image_reliability: str) -> dict:
     from sf_policy.bringup import recorder_node
     from sf_policy.launcher import Launch
     from sf_policy.ros_env import ros_env
@@ -153,6 +155,7 @@ def soak(seconds: float, width: int, height: int, workdir: Path) -> dict:
     streams = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_streams.py"), "--width", str(width),
                                 "--height", str(height)], env=env)
     recorder = recorder_node(root, prompt="soak", max_duration_s=seconds + 60)
+    recorder.parameters["image_reliability"] = image_reliability
     watcher = None
     try:
         with Launch([recorder], env=env, echo=lambda line: None) as graph:
@@ -174,7 +177,7 @@ def soak(seconds: float, width: int, height: int, workdir: Path) -> dict:
         if watcher is not None:
             watcher.close()
     figures = frame_figures(root, 30.0)
-    figures.update({"seconds": seconds, "resolution": f"{width}x{height}", "cameras": figures["cameras"],
+    figures.update({"seconds": seconds, "resolution": f"{width}x{height}", "image_reliability": image_reliability, "cameras": figures["cameras"],
                     "recorder_cpu_cores": round(cpu, 3), "peak_encoder_backlog_frames": watcher.peak_backlog,
                     "status_at_stop": status_at_stop, "final_status": final})
     return figures
@@ -185,11 +188,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--image-reliability", choices=("best_effort", "reliable"), default="best_effort",
+                        help="the recorder's image subscriptions (its parameter image_reliability)")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sf-bench-record-") as tmp:
-        figures = soak(args.seconds, args.width, args.height, Path(tmp))
-    print(f"recording soak, {args.seconds:.0f} s, 3 cameras {figures['resolution']} @ 30 Hz + 4 arms @ 200 Hz:")
+        figures = soak(args.seconds, args.width, args.height, Path(tmp), args.image_reliability)
+    print(f"recording soak, {args.seconds:.0f} s, 3 cameras {figures['resolution']} @ 30 Hz + 4 arms @ 200 Hz, "
+          f"images {args.image_reliability}:")
     print(f"  frames {figures['frames']}  rate {figures['recorded_rate_hz']:.2f} Hz  "
           f"dropped {figures['dropped_frames']}  duplicated {figures['duplicated_frames']}")
     print(f"  tick jitter p99 {figures['tick_jitter_ms']['p99']:.2f} ms  "

@@ -9,6 +9,7 @@ both runners start exactly the same graph and the plan is tested without ROS.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class NodeSpec:
     params_files: tuple[str, ...] = ()
     remappings: tuple[tuple[str, str], ...] = ()
     package: str = PACKAGE
+    prefix: str = ""  # a command the node runs inside, e.g. "xterm -e" for a node that reads keys
 
     def ros_args(self) -> list[str]:
         """The same node as a command line: ``<executable> --ros-args ...``."""
@@ -181,12 +183,35 @@ def recorder_node(dataset_root: str | Path, *, prompt: str = "", episodes: int =
     return NodeSpec("recorder", topics.RECORDER_NODE, params, params_files=(str(config),))
 
 
+#: Terminals that can host the key helper, tried in order by ``keys="auto"``.
+KEY_TERMINALS = ("x-terminal-emulator -e", "gnome-terminal --wait --", "konsole -e", "xterm -e")
+
+
+def key_terminal(keys: str) -> str | None:
+    """The terminal command the key helper runs in: ``keys`` is ``auto`` (the first terminal found
+    on a desktop; none on a headless machine), ``none``, or a command such as ``"xterm -e"``."""
+    if keys == "none":
+        return None
+    if keys != "auto":
+        return keys
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return None
+    return next((t for t in KEY_TERMINALS if shutil.which(t.split()[0])), None)
+
+
+def record_keys_node(terminal: str, keymap: str = "") -> NodeSpec:
+    """The keyboard / foot-pedal helper (teleop/README.md), in a terminal window of its own:
+    it reads keys from its terminal, which a launched process does not have."""
+    return NodeSpec("record_keys", "record_keys", {"keymap": keymap}, prefix=terminal)
+
+
 def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool = False, episodes: int = 0,
                  max_duration_s: float | None = None, seed: int = 0, bag_root: str = "",
                  robot_config: str | None = None, camera_config: str | None = None, width: int = 224,
-                 height: int = 224, exit_when_done: bool = False, link: str = "hardware",
-                 share: Path | None = None) -> list[NodeSpec]:
-    """Recording: the robot in teleop mode (or the twin with its scripted operator) + the recorder.
+                 height: int = 224, exit_when_done: bool = False, link: str = "hardware", keys: str = "auto",
+                 keymap: str = "", share: Path | None = None) -> list[NodeSpec]:
+    """Recording: the robot in teleop mode (or the twin with its scripted operator) + the recorder
+    + on the robot the key helper (``keys``: see ``key_terminal``; the twin's operator needs none).
 
     ``link``: the master-puppet link (``driver_nodes``), on the twin the sim node's ``link``.
     """
@@ -200,4 +225,5 @@ def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool
                              camera_config=camera_config or config.get("camera_config") or None)
     recorder = recorder_node(root, prompt=config["prompt"], episodes=episodes, max_duration_s=max_duration_s,
                              bag_root=bag_root, exit_when_done=exit_when_done, share=share)
-    return [*graph, recorder]
+    terminal = None if sim else key_terminal(keys)
+    return [*graph, recorder, *([record_keys_node(terminal, keymap)] if terminal else [])]

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_dataset import app as dataset_app
+from .cli_eval import app as eval_app
+from .cli_train import app as train_app
 
 app = typer.Typer(help="Spatial Forcing on the AgileX bimanual Piper.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -24,6 +26,8 @@ config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True
 app.add_typer(launch_app, name="launch")
 app.add_typer(config_app, name="config")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 console = Console()
 
 
@@ -112,6 +116,8 @@ def launch_record(
     bag_root: str = typer.Option("", help="Also write each episode's raw topics as an MCAP bag here."),
     link: str = typer.Option("hardware", help="Master-puppet link: hardware or software."),
     seed: int = typer.Option(0, help="sim: first episode's seed."),
+    keys: str = typer.Option("auto", help="Key/pedal helper's terminal: auto, none, or a command ('xterm -e')."),
+    keymap: str = typer.Option("", help="Key map YAML for the helper (teleop/pedal.yaml for a pedal)."),
 ):
     """What ``ros2 launch sf_bringup record.launch.py`` starts; episodes from /recorder/command (record_keys)."""
     from .bringup import record_nodes
@@ -119,9 +125,12 @@ def launch_record(
     from .ros_env import ros_env
 
     specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
-                         max_duration_s=max_duration_s, bag_root=bag_root, link=link, exit_when_done=bool(episodes))
-    console.print(f"recording {task} into {specs[-1].parameters['dataset_root']}; start/stop with "
-                  "`record_keys` (or /recorder/command); Ctrl-C stops")
+                         max_duration_s=max_duration_s, bag_root=bag_root, link=link, exit_when_done=bool(episodes),
+                         keys=keys, keymap=keymap)
+    recorder = next(s for s in specs if s.executable == "recorder")
+    helper = "the key helper's window" if any(s.executable == "record_keys" for s in specs) else "`record_keys`"
+    console.print(f"recording {task} into {recorder.parameters['dataset_root']}; start/stop with {helper} "
+                  "(or /recorder/command); Ctrl-C stops")
     with Launch(specs, env=ros_env(local=True)) as graph:
         code = graph.wait()
     raise typer.Exit(code)

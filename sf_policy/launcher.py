@@ -8,6 +8,7 @@ dies (a robot graph missing a driver is not one to keep running).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -49,7 +50,7 @@ class Launch:
 
     def start(self) -> "Launch":
         for spec in self.specs:
-            cmd = resolve_executable(spec) + spec.ros_args()
+            cmd = shlex.split(spec.prefix) + resolve_executable(spec) + spec.ros_args()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env=self.env, start_new_session=True)
             self.procs[spec.name] = proc

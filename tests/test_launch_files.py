@@ -103,7 +103,7 @@ def test_record_launch_in_sim_runs_the_twin_and_the_recorder(launch_standins, tm
 
 
 def test_record_launch_on_the_robot_reads_the_masters(launch_standins):
-    _, nodes = evaluate("record.launch.py", task="lift_pot")
+    _, nodes = evaluate("record.launch.py", task="lift_pot", keys="none")
     arms = [n for n in nodes if n.kwargs["executable"] == "piper_arm_driver"]
     assert arms and all(n.kwargs["parameters"][-1]["mode"] == "teleop" for n in arms)
     assert nodes[-1].kwargs["executable"] == "recorder"
@@ -132,3 +132,16 @@ def test_record_launch_software_link_in_sim_adds_the_link_node(launch_standins, 
     _, nodes = evaluate("record.launch.py", sim="true", link="software", dataset_root=str(tmp_path / "ds"))
     assert [n.kwargs["executable"] for n in nodes] == ["sim_node", "teleop_link", "recorder"]
     assert nodes[0].kwargs["parameters"][-1]["link"] == "software"
+
+
+def test_record_launch_opens_the_key_helper_in_a_terminal(launch_standins, monkeypatch):
+    _, nodes = evaluate("record.launch.py", task="lift_pot", keys="xterm -e", keymap="teleop/pedal.yaml")
+    keys = nodes[-1]
+    assert keys.kwargs["executable"] == "record_keys" and keys.kwargs["prefix"] == "xterm -e"
+    assert keys.kwargs["parameters"][-1]["keymap"] == "teleop/pedal.yaml"
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    _, headless = evaluate("record.launch.py", task="lift_pot")  # auto, no desktop: run it by hand
+    assert headless[-1].kwargs["executable"] == "recorder"
+    _, twin = evaluate("record.launch.py", sim="true", keys="xterm -e")  # the scripted operator drives
+    assert "record_keys" not in [n.kwargs["executable"] for n in twin]

@@ -33,7 +33,25 @@ def sensors():
                             env=os.environ.copy())
     yield proc
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # a stand-in stuck in DDS teardown is not what these tests test
+        proc.kill()
+        proc.wait(10)
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_recorder_outlives_its_test():
+    """A failing test must not leave a recorder answering the next test's commands."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def start_recorder(root: Path, **env_extra: str) -> subprocess.Popen:
@@ -41,14 +59,22 @@ def start_recorder(root: Path, **env_extra: str) -> subprocess.Popen:
     from sf_policy.launcher import resolve_executable
 
     spec = recorder_node(root, prompt="crash test")
-    return subprocess.Popen(resolve_executable(spec) + spec.ros_args(), env={**os.environ, **env_extra},
+    proc = subprocess.Popen(resolve_executable(spec) + spec.ros_args(), env={**os.environ, **env_extra},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def record_episode(control: Control, frames: int = 15) -> None:
     control.wait(lambda s: s.get("state") == "idle" and s.get("silent") == [], "a fresh recorder hearing all streams",
                  timeout=30)
-    control.send("start")
+    for _ in range(3):  # a command sent while discovery still matches the recorder to us can be lost
+        control.send("start")
+        try:
+            control.wait(lambda s: s.get("state") == "recording", "recording to start", timeout=5)
+            break
+        except pytest.fail.Exception:
+            continue
     control.wait(lambda s: s.get("state") == "recording" and s.get("frames", 0) >= frames, f"{frames} frames")
 
 

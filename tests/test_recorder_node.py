@@ -41,6 +41,8 @@ class Control:
             self.status = json.loads(msg.data)
 
     def send(self, text):
+        # A recorder's status can reach us before our publisher has matched its subscription.
+        wait_for(lambda: self.pub.get_subscription_count() > 0, timeout=10, what="the recorder to subscribe to commands")
         self.pub.publish(self.String(data=text))
 
     def wait(self, predicate, what, timeout=20.0):

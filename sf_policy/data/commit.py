@@ -27,7 +27,8 @@ from pathlib import Path
 #: Test hook: SIGKILL the process doing the renames right after this step (a power cut there).
 CRASH_ENV = "SF_DATASET_CRASH_AT"
 #: Test hook: the committer sleeps this many seconds after the "meta" step (the recorder can
-#: then be killed mid-commit, and the commit must still complete).
+#: then be killed mid-commit, and the commit must still complete). A file ``paused`` in the
+#: staging folder marks the commit as under way from then until its last rename is done.
 PAUSE_ENV = "SF_DATASET_COMMIT_PAUSE_S"
 
 
@@ -59,31 +60,36 @@ def publish(targets: list[tuple[str, Path, Path]]) -> None:
     video renames (no row names those files); after it the episode is committed, and a
     failure only leaves totals behind, which DatasetWriter.open() repairs."""
     placed: list[tuple[str, Path]] = []
-    for i, (step, src, dst) in enumerate(targets):
-        try:
-            move(src, dst)
-        except OSError as exc:
-            if any(s == "meta" for s, _ in placed):
-                raise CommitError(f"{dst}: update failed: {exc}; the episode is committed and "
-                                  "DatasetWriter.open() repairs this file") from None
-            for placed_step, path in placed:
-                if placed_step in ("data", "videos"):
-                    path.unlink(missing_ok=True)
-            raise CommitError(f"{dst}: rename failed: {exc}; the episode was not committed") from None
-        placed.append((step, dst))
-        if i + 1 == len(targets) or targets[i + 1][0] != step:
-            crash_point(step)
-            if step == "meta" and os.environ.get(PAUSE_ENV):
-                _pause(float(os.environ[PAUSE_ENV]), src.parent / "paused")
+    marker: Path | None = None
+    try:
+        for i, (step, src, dst) in enumerate(targets):
+            try:
+                move(src, dst)
+            except OSError as exc:
+                if any(s == "meta" for s, _ in placed):
+                    raise CommitError(f"{dst}: update failed: {exc}; the episode is committed and "
+                                      "DatasetWriter.open() repairs this file") from None
+                for placed_step, path in placed:
+                    if placed_step in ("data", "videos"):
+                        path.unlink(missing_ok=True)
+                raise CommitError(f"{dst}: rename failed: {exc}; the episode was not committed") from None
+            placed.append((step, dst))
+            if i + 1 == len(targets) or targets[i + 1][0] != step:
+                crash_point(step)
+                if step == "meta" and os.environ.get(PAUSE_ENV):
+                    marker = src.parent / "paused"
+                    _pause(float(os.environ[PAUSE_ENV]), marker)
+    finally:
+        if marker is not None:  # only once the last rename is done: "no marker" = commit over
+            marker.unlink(missing_ok=True)
 
 
 def _pause(seconds: float, marker: Path) -> None:
-    """Test hook: hold the commit open, with a marker file while it is held."""
+    """Test hook: hold the commit open; the marker says so (publish removes it at the end)."""
     import time
 
     marker.touch()
     time.sleep(seconds)
-    marker.unlink()
 
 
 def publish_detached(targets: list[tuple[str, Path, Path]], plan_path: Path) -> None:

@@ -96,7 +96,7 @@ class _Checker:
         missing = [f for f in REQUIRED_INFO_FIELDS if f not in info]
         for name in missing:
             self.add(INFO_PATH, name, "missing")
-        if not missing and not (isinstance(info["fps"], int) and info["fps"] > 0):
+        if not missing and not (type(info["fps"]) is int and info["fps"] > 0):
             self.add(INFO_PATH, "fps", f"{info['fps']!r} is not a positive integer")
             return None
         if not missing and not isinstance(info["features"], dict):
@@ -182,11 +182,13 @@ class _Checker:
                                                  "(episodes must be numbered 0..n-1)")
             if row["length"] <= 0:
                 self.add(where, "length", f"{row['length']} frames")
-            if row["dataset_from_index"] != expected_from or \
-                    row["dataset_to_index"] != row["dataset_from_index"] + row["length"]:
-                self.add(where, "dataset_from_index", f"[{row['dataset_from_index']}, {row['dataset_to_index']}) "
-                                                      f"does not continue the global index at {expected_from}")
-            expected_from = row["dataset_to_index"]
+            if row["dataset_from_index"] != expected_from:
+                self.add(where, "dataset_from_index", f"{row['dataset_from_index']} does not continue the global "
+                                                      f"index at {expected_from}")
+            if row["dataset_to_index"] != row["dataset_from_index"] + row["length"]:
+                self.add(where, "dataset_to_index", f"{row['dataset_to_index']} is not dataset_from_index + length "
+                                                    f"= {row['dataset_from_index'] + row['length']}")
+            expected_from = row["dataset_from_index"] + row["length"]
             self.check_row_tasks(where, row)
             self.check_row_location(where, row)
 
@@ -194,8 +196,8 @@ class _Checker:
         if not row["tasks"]:
             self.add(where, "tasks", "empty")
         for task in row["tasks"] or ():
-            if task not in self.tasks.values():
-                self.add(where, "tasks", f"{task!r} is not in {TASKS_PATH}")
+            if task not in self.tasks.values():  # the row is the source of truth: the task table lacks it
+                self.add(TASKS_PATH, "task", f"{task!r} missing (episode {row['episode_index']} uses it, {where})")
 
     def check_row_location(self, where: str, row: dict) -> None:
         own = f"meta/episodes/chunk-{row['meta/episodes/chunk_index']:03d}/file-{row['meta/episodes/file_index']:03d}"

@@ -137,9 +137,11 @@ class Episode:
                 raise DatasetError(f"episode {self.task!r} is {self._state}: no add_frame after save() or discard()")
             values = self._checked_values(frame)
             pictures = self._checked_images(images)
-            failed = [e.error for e in self._encoders.values() if e.error]
+            failed = [(role, e) for role, e in self._encoders.items() if e.error]
             if failed:
-                raise DatasetError(f"{self.staging}: video encoding failed: {failed[0]}")
+                role, encoder = failed[0]
+                raise DatasetError(f"{encoder.out}: camera {role}: video encoding failed: {encoder.error} "
+                                   "(is the disk full?)")
             for role, encoder in self._encoders.items():
                 encoder.put(pictures[role])
             for key, value in values.items():
@@ -544,10 +546,13 @@ class DatasetWriter:
 
     def _publish(self, targets: list[tuple[str, Path, Path]], staging: Path) -> None:
         """The renames, done by a committer process that killing us cannot interrupt (commit.py)."""
+        plan = staging / "commit.json"
         try:
-            publish_detached(targets, staging / "commit.json")
+            publish_detached(targets, plan)
         except CommitError as exc:
             raise DatasetError(str(exc)) from None
+        except OSError as exc:  # writing the plan or starting the committer: no rename was done
+            raise DatasetError(f"{plan}: {exc}; nothing was committed (is the disk full?)") from None
 
     def _episode_row(self, index: int, from_index: int, episode: Episode, ep_stats: dict) -> dict:
         loc = episode_location(index, self.info["chunks_size"])

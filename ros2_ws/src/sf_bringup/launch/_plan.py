@@ -23,6 +23,8 @@ def to_actions(specs):
     for spec in specs:
         kind = LifecycleNode if spec.executable in LIFECYCLE_EXECUTABLES else Node
         extra = {"namespace": ""} if kind is LifecycleNode else {}
+        if spec.prefix:
+            extra["prefix"] = spec.prefix
         actions.append(kind(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
                             parameters=[*spec.params_files, spec.parameters], remappings=list(spec.remappings),
                             **extra))

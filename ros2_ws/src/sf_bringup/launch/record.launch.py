@@ -2,8 +2,9 @@
 
   ros2 launch sf_bringup record.launch.py task:=lift_pot [sim:=true] [episodes:=50]
       [dataset_root:=~/sf_data/lift_pot] [max_duration_s:=60] [bag_root:=...] [camera_config:=...]
-Episodes are started and stopped from /recorder/command: the key/pedal helper
-(`ros2 run sf_nodes record_keys` in a terminal), or, with sim:=true, the scripted operator.
+Episodes are started and stopped from /recorder/command: the key/pedal helper (launched in a
+terminal window of its own on a desktop, keys:=...; else `ros2 run sf_nodes record_keys` in a
+terminal), or, with sim:=true, the scripted operator.
 """
 
 import sys
@@ -26,13 +27,16 @@ def generate_launch_description():
             ("bag_root", "", "also write each episode's raw topics as an MCAP bag here"),
             ("link", "hardware", "master-puppet link: hardware (shared bus) or software (teleop_link node)"),
             ("robot_config", "", "robot YAML (default: config/robot.yaml)"),
-            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml)")]
+            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml)"),
+            ("keys", "auto", "key/pedal helper's terminal: auto (a terminal window on a desktop), none, "
+                             "or a command such as 'xterm -e'"),
+            ("keymap", "", "key map YAML for the helper (default: keyboard; teleop/pedal.yaml for a pedal)")]
 
     def build(a):
         return to_actions(record_nodes(
             a["task"], dataset_root=a["dataset_root"] or None, sim=as_bool(a["sim"]), seed=int(a["seed"]),
             episodes=int(a["episodes"]), max_duration_s=float(a["max_duration_s"]) or None,
             bag_root=a["bag_root"], link=a["link"], robot_config=a["robot_config"] or None,
-            camera_config=a["camera_config"] or None))
+            camera_config=a["camera_config"] or None, keys=a["keys"], keymap=a["keymap"]))
 
     return LaunchDescription([*arguments(*args), *large_data_env(), opaque(build)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -10,6 +12,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import JointState
@@ -72,13 +75,19 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     5-50 Hz; with the SingleThreadedExecutor it stayed at 200 Hz. Callbacks here are short,
     and the hot paths (CAN feedback, camera frames) publish from their own threads.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
+    # Ctrl-C / SIGTERM only set a flag: the default KeyboardInterrupt lands in whatever Python
+    # frame runs, and inside a pybind call (message deserialisation) it became a TypeError and
+    # exit status 1 instead of a clean shutdown (seen in the recorder crash tests).
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
         node = make_node()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -89,6 +98,8 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -32,19 +32,31 @@ from sf_policy.record.images import image_to_rgb, stamp_ns
 from sf_policy.record.session import CommandError, RecordingSession, SessionConfig
 from sf_policy.record.sync import ARM_STREAMS, FrameSync
 
-from .common import ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, publish_diagnostics, run_node
+from .common import ERROR, OK, WARN, diagnostic_status, diagnostics_publisher, publish_diagnostics, run_node
 
 COMMAND_QUEUE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+#: Samples a subscription keeps until the executor takes them: one second of images (and a quarter
+#: second of arm states). With best effort, a deeper queue is what turns a late executor (GC, a
+#: burst of saving work on two cores) into a delay instead of a lost frame: with depth 5 the soak
+#: lost ~1 frame in 600 on a loaded 2-core machine (bench/record.py, docs/recording.md).
+IMAGE_DEPTH = 30
+ARM_DEPTH = 50
+
+
 def image_qos(reliability: str) -> QoSProfile:
-    # Keep a few: the sync picks the image nearest the pivot, so a burst must not overwrite it.
     policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
     if reliability not in policies:
         raise ValueError(f"parameter image_reliability: expected best_effort or reliable, got {reliability!r}")
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=policies[reliability])
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_DEPTH, reliability=policies[reliability])
+
+
+#: The drivers' sensor QoS (best effort, volatile), deeper.
+ARM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=ARM_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT,
+                     durability=DurabilityPolicy.VOLATILE)
 
 
 def arm_topic(stream: str) -> str:
@@ -86,7 +98,7 @@ class RecorderNode(Node):
         for role in self.roles:
             self.create_subscription(Image, topics.camera_image(role), self._image_callback(role), qos, raw=True)
         for name in ARM_STREAMS:
-            self.create_subscription(JointState, arm_topic(name), self._arm_callback(name), SENSOR_QOS, raw=True)
+            self.create_subscription(JointState, arm_topic(name), self._arm_callback(name), ARM_QOS, raw=True)
         self.create_subscription(String, topics.RECORDER_COMMAND, self._on_command, COMMAND_QUEUE_QOS)
         for word in topics.RECORDER_COMMANDS:
             self.create_service(Trigger, f"~/{word}", self._service(word))

@@ -225,7 +225,9 @@ class SimNode(Node):
     # --- the recorder's pedal (recorder_control) ----------------------------------------------
     def _recorder_ready(self) -> bool:
         status = self._recorder_status
-        return status.get("state") == "idle" and not status.get("silent", ["?"])
+        # Hearing its status does not mean it hears us: discovery matches each direction apart.
+        listening = self._recorder_pub.get_subscription_count() > 0
+        return listening and status.get("state") == "idle" and not status.get("silent", ["?"])
 
     def _begin_recording(self, twin: Twin) -> None:
         if not self.recorder_control:
@@ -233,7 +235,16 @@ class SimNode(Node):
         if not self._recorder_ready():
             self.get_logger().info(f"waiting for the recorder on {topics.RECORDER_STATUS} to hear every stream")
             self._hold(twin, until=self._recorder_ready)
-        self._recorder_pub.publish(String(data=f"start {twin.info.get('prompt', '')}".strip()))
+        command = String(data=f"start {twin.info.get('prompt', '')}".strip())
+        # A command can be lost while discovery is still matching the recorder's subscription to
+        # us: send again until its status says it records (a repeated start is refused, harmless).
+        for attempt in range(5):
+            self._recorder_status = {}
+            self._recorder_pub.publish(command)
+            self._hold(twin, 2.0, until=lambda: self._recorder_status.get("state") == "recording")
+            if self._recorder_status.get("state") == "recording":
+                break
+            self.get_logger().warning(f"the recorder did not start (attempt {attempt + 1}); sending start again")
         self._hold(twin, self.hold_s)
 
     def _end_recording(self, twin: Twin) -> None:

@@ -1,0 +1,133 @@
+"""Training samples from a recorded dataset, in a reproducible (and resumable) order.
+
+Sample ``i`` is global frame ``i``: the three cameras and the puppet state at that frame, the
+next ``chunk_size`` master targets of the same episode (fewer at the episode's end: the
+processor pads them and masks the padding), the frame's task prompt, and ``index`` = ``i``,
+which is also the frame's row in the teacher cache.
+
+Episodes, not frames, are held out, so the held-out loss measures generalisation to unseen
+demonstrations rather than to neighbouring frames of a seen one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..data.features import ACTION, STATE, image_key
+from ..data.reader import DatasetReader
+from ..topics import CAMERA_ROLES
+
+
+class ChunkDataset(Dataset):
+    """Frames of a LeRobot v3 dataset as policy samples (see the module docstring).
+
+    The reader (open video containers) is created lazily in each DataLoader worker: it does
+    not cross process boundaries.
+    """
+
+    def __init__(self, root: str | Path, indices: np.ndarray | None = None, chunk_size: int = 50):
+        self.root, self.chunk_size = Path(root), chunk_size
+        reader = DatasetReader(self.root)
+        self.states = reader.column(STATE).astype(np.float32)
+        self.actions = reader.column(ACTION).astype(np.float32)
+        self.camera_roles = list(reader.camera_roles)
+        unknown = [r for r in self.camera_roles if r not in CAMERA_ROLES]
+        if unknown:
+            raise ValueError(f"{self.root}: cameras {unknown} are not policy cameras {list(CAMERA_ROLES)}")
+        #: Row just past each frame's episode: where its action chunk must stop.
+        self.episode_end = np.zeros(len(reader), dtype=np.int64)
+        first = reader.episodes[0].from_index if reader.episodes else 0
+        for ep in reader.episodes:
+            self.episode_end[ep.from_index - first:ep.to_index - first] = ep.to_index - first
+        self.indices = np.arange(len(reader)) if indices is None else np.asarray(indices, dtype=np.int64)
+        reader.close()
+        self._reader: DatasetReader | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def reader(self) -> DatasetReader:
+        if self._reader is None:
+            self._reader = DatasetReader(self.root)
+        return self._reader
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        frame = self.reader[i]
+        end = min(i + self.chunk_size, int(self.episode_end[i]))
+        images = {role: frame.get(image_key(role)) if role in self.camera_roles else None for role in CAMERA_ROLES}
+        return {"index": i, "images": images, "state": self.states[i], "actions": self.actions[i:end],
+                "prompt": frame["task"]}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # each worker opens its own
+        return state
+
+
+def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train frame indices, held-out frame indices), holding out whole episodes.
+
+    ``heldout`` < 1 is a fraction of the episodes, ≥ 1 a count; at least one episode always
+    stays for training, and none is held out from a one-episode dataset.
+    """
+    reader = DatasetReader(root)
+    episodes = reader.episodes
+    first = episodes[0].from_index if episodes else 0
+    count = int(heldout) if heldout >= 1 else int(round(heldout * len(episodes)))
+    count = min(count, max(len(episodes) - 1, 0))
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    held = set(order[:count].tolist())
+    train, test = [], []
+    for e, ep in enumerate(episodes):
+        rows = np.arange(ep.from_index - first, ep.to_index - first)
+        (test if e in held else train).append(rows)
+    reader.close()
+    join = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return join(train), join(test)
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """Endless shuffled batches whose order depends only on (seed, batch number).
+
+    Epoch ``e`` is the permutation drawn from ``(seed, e)``; batches run across epoch ends.
+    Starting at ``start`` batches in reproduces exactly the batches an uninterrupted run
+    would have drawn from there, which is what makes ``--resume`` follow the same trajectory.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, start: int = 0):
+        if size <= 0:
+            raise ValueError("no training frames: is the dataset empty, or all episodes held out?")
+        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start * self.batch_size
+        epoch, offset = divmod(position, self.size)
+        order = self._epoch(epoch)
+        while True:
+            batch = []
+            while len(batch) < self.batch_size:
+                if offset == self.size:
+                    epoch, offset = epoch + 1, 0
+                    order = self._epoch(epoch)
+                take = min(self.batch_size - len(batch), self.size - offset)
+                batch += order[offset:offset + take].tolist()
+                offset += take
+            yield batch
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is endless, the trainer counts steps
+        return 2**31
+
+
+def collate(samples: list[dict]) -> dict:
+    """Samples stay a list (the policy's processor batches them); indices become a tensor."""
+    return {"samples": samples, "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}

@@ -1,0 +1,388 @@
+"""The training loop: π0 + Spatial Forcing, with accelerate.
+
+One step: a batch of frames → the policy's flow-matching loss; with α > 0 the VLM's layer-k
+visual tokens (captured by a forward hook during that same forward pass) are projected and
+pulled towards the frozen teacher's targets (from the cache, or computed online), and
+L = L_action + α·L_align. Gradients are clipped over the policy and the projector together.
+
+Everything that can make a run unreproducible is pinned: the batch order comes from
+``ResumableBatches`` (seed, step), the flow-matching noise from a generator saved with the
+checkpoint, so ``--resume`` continues on the same loss trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..align.aligner import SpatialAligner, attach
+from ..data.reader import DatasetReader
+from ..model.actions import policy_stats
+from ..model.normalize import Normalizer
+from ..model.policy import NORMALIZER_FILE, Policy
+from ..topics import CAMERA_ROLES
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import ChunkDataset, ResumableBatches, split_episodes
+from .targets import TargetSource
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term or the gradient norm became NaN/inf; the message names it and the last good checkpoint."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    action: float
+    align: float | None
+    grad_norm: float
+    lr: float
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up to the peak, then cosine down to ``min_lr_ratio`` × peak at the last step."""
+    warmup, total, floor = cfg.optim.warmup_steps, cfg.optim.steps, cfg.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Collate:
+    """Runs the policy's processor in the DataLoader workers; keeps the raw frames the online
+    teacher needs (un-augmented, uint8) and each sample's dataset index (its cache row)."""
+
+    def __init__(self, processor, keep_frames: bool):
+        self.processor, self.keep_frames = processor, keep_frames
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = dict(self.processor([{k: v for k, v in s.items() if k != "index"} for s in samples]))
+        batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        if self.keep_frames:
+            batch["frames"] = torch.from_numpy(np.stack([_frames(s["images"]) for s in samples]))
+        return batch
+
+
+def _frames(images: dict) -> np.ndarray:
+    """[3, H, W, 3] uint8 in slot order; a missing camera is black (its targets are masked)."""
+    shape = next(img.shape for img in images.values() if img is not None)
+    return np.stack([images[r] if images.get(r) is not None else np.zeros(shape, np.uint8) for r in CAMERA_ROLES])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        if not cfg.data.root:
+            raise ValueError("no dataset: set data.root=<dataset directory>")
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir) / cfg.name
+        trackers = ["tensorboard"] + (["wandb"] if cfg.log.wandb else [])
+        per_device = cfg.optim.batch_size // cfg.optim.grad_accum
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+            log_with=trackers, project_dir=str(self.run_dir))
+        per_device //= self.accelerator.num_processes
+        if per_device < 1:
+            raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is too small for {cfg.optim.grad_accum} "
+                             f"accumulation steps on {self.accelerator.num_processes} processes")
+        set_seed(cfg.seed)
+        self.root = Path(cfg.data.root)
+        self.train_idx, self.heldout_idx = split_episodes(self.root, cfg.data.heldout_episodes, cfg.seed)
+        resume_from = ckpt.resolve_checkpoint(resume) if resume else None
+        self.policy = self._build_policy(resume_from)
+        self.aligner = self._build_aligner()
+        self.capture = attach(self.policy.model, cfg.align) if self.aligner is not None else None
+        self.targets = TargetSource(cfg.teacher, self.root, self.accelerator.device) if self.aligner is not None else None
+
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.aligner is not None:
+            params += list(self.aligner.parameters())
+        self.params = params
+        optim = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg))
+        self.start_step, ema = 0, None
+        if resume_from is not None:
+            self.start_step, ema = ckpt.load_trainer_state(resume_from)
+        collate = Collate(self.policy.processor, keep_frames=cfg.aligned and cfg.teacher.mode == "online")
+        batches = ResumableBatches(len(self.train_idx), per_device, cfg.seed + self.accelerator.process_index,
+                                   start=self.start_step * cfg.optim.grad_accum)
+        loader = DataLoader(ChunkDataset(self.root, self.train_idx, self.policy.processor.config.chunk_size),
+                            batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.workers,
+                            persistent_workers=cfg.data.workers > 0)
+        modules = [self.policy] + ([self.aligner] if self.aligner is not None else [])
+        prepared = self.accelerator.prepare(*modules, optim, scheduler)
+        self.policy_ddp = prepared[0]
+        self.aligner_ddp = prepared[1] if self.aligner is not None else None
+        self.optim, self.scheduler = prepared[-2], prepared[-1]
+        self.loader = loader  # not prepared: ResumableBatches already shards by process and resumes
+        self.eval_batches = self._eval_batches(collate, per_device)
+        # Flow-matching noise and times come from this generator; its state is saved for --resume.
+        self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed * 7919 + 1)
+        if resume_from is not None:
+            self.accelerator.load_state(str(resume_from / ckpt.STATE_DIR))
+            self.generator.set_state(torch.load(resume_from / ckpt.STATE_DIR / "generator.pt"))
+            self._reschedule()
+        self.ema = ema if ema is not None else self._init_ema()
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _reschedule(self) -> None:
+        """The saved optimiser carries the learning rate of the old run's schedule; a resumed run
+        may have another length (optim.steps): set this schedule's rate for the next step."""
+        sched = getattr(self.scheduler, "scheduler", self.scheduler)
+        factor = lr_lambda(self.cfg)
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = base * factor(sched.last_epoch)
+
+    # -- building
+
+    def _build_policy(self, resume_from: Path | None) -> Policy:
+        cfg = self.cfg
+        if resume_from is not None:  # the weights come back with accelerate's state, the normaliser from here
+            from ..model.tokenizer import load_tokenizer
+
+            saved = resume_from / ckpt.POLICY_DIR
+            normalizer = Normalizer.from_dict(json.loads((saved / NORMALIZER_FILE).read_text()))
+            return Policy.build(cfg.policy, normalizer=normalizer, tokenizer=load_tokenizer(saved))
+        if cfg.policy.tiny and not cfg.policy.tokenizer:  # a CPU run: a small real tokenizer, made here
+            from ..model.tokenizer import tiny_tokenizer
+
+            cfg.policy.tokenizer = str(self.run_dir / "tiny_tokenizer")
+            tiny_tokenizer(cfg.policy.tokenizer)
+        reader = DatasetReader(self.root)
+        stats = policy_stats(reader, cfg.policy.representation, cfg.policy.chunk_size)
+        reader.close()
+        policy = Policy.build(cfg.policy, stats=stats)
+        if cfg.optim.gradient_checkpointing:
+            # transformers' gradient_checkpointing_enable() on the whole π0 drops the VLM's KV cache
+            # that the action expert reads (transformers 5.24): checkpoint the vision tower only.
+            policy.pi0.model.vlm.vision_tower.gradient_checkpointing_enable()
+        return policy
+
+    def _build_aligner(self) -> SpatialAligner | None:
+        if not self.cfg.aligned:
+            return None
+        return SpatialAligner.for_model(self.policy.pi0, self.cfg.align)
+
+    def _init_ema(self) -> dict[str, torch.Tensor] | None:
+        if self.cfg.optim.ema_decay <= 0:
+            return None
+        return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def _eval_batches(self, collate: Collate, batch_size: int) -> list[dict]:
+        """A fixed set of held-out batches (the same every evaluation, so the curve is smooth)."""
+        if len(self.heldout_idx) == 0 or self.cfg.log.eval_batches <= 0:
+            return []
+        dataset = ChunkDataset(self.root, self.heldout_idx, self.policy.processor.config.chunk_size)
+        rng = np.random.default_rng(self.cfg.seed)
+        count = min(self.cfg.log.eval_batches * batch_size, len(dataset))
+        chosen = np.sort(rng.choice(len(dataset), count, replace=False))
+        return [collate([dataset[int(k)] for k in chosen[i:i + batch_size]]) for i in range(0, count, batch_size)]
+
+    # -- one step
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """L_action, and with SF L_align and L = L_action + α·L_align, for one batch."""
+        batch = _to(batch, self.accelerator.device)
+        action, _ = self.policy_ddp(batch, generator=self.generator)  # the hook captures layer k here
+        out = {"action": action, "loss": action}
+        if self.aligner_ddp is not None:
+            result = self.aligner_ddp(self.capture.outputs, *self._targets(batch))
+            out["align"] = result.loss
+            out["loss"] = action + self.cfg.align.alpha * result.loss
+            if result.layer_weights is not None:
+                out["layer_weights"] = result.layer_weights
+        return out
+
+    def _targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher targets and the tokens that count: inside the teacher's view of a camera AND
+        a real, un-padded patch of the policy's input."""
+        targets, valid = self.targets(batch)
+        valid = valid.to(self.accelerator.device).reshape(valid.shape[0], -1) & batch["visual_valid"]
+        return targets.to(self.accelerator.device), valid
+
+    def step(self, batch: dict, step: int) -> StepResult:
+        with self.accelerator.accumulate(*[m for m in (self.policy_ddp, self.aligner_ddp) if m is not None]):
+            out = self.losses(batch)
+            self._check_finite(out, step)
+            self.accelerator.backward(out["loss"])
+            grad_norm = torch.tensor(0.0)
+            if self.accelerator.sync_gradients:
+                grad_norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.optim.clip_norm)
+                if not torch.isfinite(grad_norm):
+                    raise TrainingDiverged(self._diverged(step, "gradient norm", float(grad_norm)))
+            self.optim.step()
+            self.scheduler.step()
+            self.optim.zero_grad(set_to_none=True)
+        self._update_ema()
+        self.layer_weights = out.get("layer_weights")
+        return StepResult(out["loss"].item(), out["action"].item(),
+                          out["align"].item() if "align" in out else None, float(grad_norm),
+                          self.scheduler.get_last_lr()[0])
+
+    def _check_finite(self, out: dict, step: int) -> None:
+        for term in ("action", "align"):
+            if term in out and not torch.isfinite(out[term]):
+                raise TrainingDiverged(self._diverged(step, f"{term} loss", out[term].item()))
+
+    def _diverged(self, step: int, what: str, value: float) -> str:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        return f"step {step}: the {what} is {value}; training stopped, {kept}"
+
+    def _update_ema(self) -> None:
+        if self.ema is None or not self.accelerator.sync_gradients:
+            return
+        decay = self.cfg.optim.ema_decay
+        with torch.no_grad():
+            for name, p in self.policy.named_parameters():
+                if name in self.ema:
+                    self.ema[name].lerp_(p.detach(), 1 - decay)
+
+    # -- evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out losses and the open-loop action error (absolute units, padded steps excluded)."""
+        if not self.eval_batches:
+            return {}
+        policy = _unwrap(self.policy_ddp)
+        policy.eval()
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(12345)
+        sums: dict[str, list[float]] = {"eval/action": [], "eval/align": [], "eval/joint_mae_rad": [],
+                                        "eval/gripper_mae_m": []}
+        for batch in self.eval_batches:
+            batch = _to(batch, self.accelerator.device)
+            action, _ = policy.loss(batch, generator=generator)
+            sums["eval/action"].append(float(action))
+            if self.aligner is not None:
+                sums["eval/align"].append(float(self.aligner(self.capture.outputs, *self._targets(batch)).loss))
+            joint, gripper = open_loop_error(policy, batch, generator)
+            sums["eval/joint_mae_rad"].append(joint)
+            sums["eval/gripper_mae_m"].append(gripper)
+        policy.train()
+        return {k: float(np.mean(v)) for k, v in sums.items() if v}
+
+    # -- the run
+
+    def train(self, progress: bool = True) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if acc.is_main_process:
+            (self.run_dir / ckpt.TRAIN_CONFIG_FILE).write_text(cfg.to_yaml())
+        acc.init_trackers(cfg.name, config=_flat(cfg.to_dict()))
+        self.policy_ddp.train()
+        batches = iter(self.loader)
+        bar = tqdm(range(self.start_step, cfg.optim.steps), initial=self.start_step, total=cfg.optim.steps,
+                   desc=cfg.name, disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+        last = None
+        if cfg.log.eval_every and self.start_step == 0:  # where the curves start
+            self._log({"step": 0, **self.evaluate()}, 0)
+        for step in bar:
+            t0 = time.perf_counter()
+            for _ in range(cfg.optim.grad_accum):
+                result = self.step(next(batches), step)
+            last = step + 1
+            record = {"step": last, "loss": result.loss, "action": result.action, "lr": result.lr,
+                      "grad_norm": result.grad_norm, "step_s": time.perf_counter() - t0}
+            if result.align is not None:
+                record["align"] = result.align
+            if self.layer_weights is not None:
+                record["layer_weights"] = [round(float(w), 4) for w in self.layer_weights]
+            if last % cfg.log.every == 0 or last == cfg.optim.steps:
+                self._log(record, last)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "action", "align", "lr")})
+            if cfg.log.eval_every and last % cfg.log.eval_every == 0:
+                self._log({"step": last, **self.evaluate()}, last)
+            if cfg.log.save_every and last % cfg.log.save_every == 0 and last != cfg.optim.steps:
+                self.save(last)
+        if last is not None and cfg.log.eval_every and last % cfg.log.eval_every:
+            self._log({"step": last, **self.evaluate()}, last)
+        final = self.save(cfg.optim.steps)
+        acc.end_training()
+        return final
+
+    def _log(self, record: dict, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if "layer_weights" in record:
+            scalars.update({f"align/layer_weight_{k}": w
+                            for k, w in zip(self.cfg.align.capture_layers, record["layer_weights"])})
+        self.accelerator.log(scalars, step=step)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self, step: int) -> Path:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+
+        def save_state(path: Path) -> None:
+            acc.save_state(str(path))
+            torch.save(self.generator.get_state(), path / "generator.pt")
+
+        path = ckpt.step_dir(self.run_dir, step)
+        if acc.is_main_process:
+            dataset = {"root": str(self.root.resolve()), "fingerprint": ckpt.dataset_fingerprint(self.root),
+                       "frames": int(len(self.train_idx) + len(self.heldout_idx)),
+                       "train_frames": int(len(self.train_idx)), "heldout_frames": int(len(self.heldout_idx))}
+            path = ckpt.save_checkpoint(self.run_dir, step, _unwrap(self.policy_ddp), self.aligner, self.cfg.to_yaml(),
+                                        dataset, self.ema, save_state, self.cfg.log.keep_last)
+        acc.wait_for_everyone()
+        return path
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _unwrap(module):
+    return module.module if hasattr(module, "module") else module
+
+
+@torch.no_grad()
+def open_loop_error(policy: Policy, batch: dict, generator: torch.Generator) -> tuple[float, float]:
+    """Mean absolute error of sampled chunks vs. the recorded actions: joints (rad), grippers (m)."""
+    from ..embodiment import GRIPPER_INDICES, STATE_DIM
+
+    predicted = policy.sample(batch, generator=generator)  # [B, chunk, 14] absolute
+    truth = policy.processor.postprocess(batch["actions"][..., :STATE_DIM].to(predicted.device),
+                                         batch["raw_state"].to(predicted.device))
+    keep = ~batch["action_pad"].to(predicted.device)
+    err = (predicted - truth).abs()[keep]  # [valid steps, 14]
+    grippers = torch.zeros(STATE_DIM, dtype=torch.bool)
+    grippers[list(GRIPPER_INDICES)] = True
+    return float(err[:, ~grippers].mean()), float(err[:, grippers].mean())
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config → flat scalars for TensorBoard's hparams."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Train ``cfg``; returns the final checkpoint directory."""
+    return Trainer(cfg, resume=resume).train(progress=progress)

@@ -1,0 +1,185 @@
+"""sf train: configs, batch order, the tiny SF run end to end on a twin dataset, resume, NaN stop.
+
+Real parts throughout: the twin's scripted operator recorded into a LeRobot v3 dataset, the
+transformers PI0 at a tiny size, a tiny VGGT aggregator as teacher, its on-disk cache,
+accelerate. CPU only; no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sf_policy.config import ConfigError
+from sf_policy.train.config import PRESETS_DIR, load_config
+from sf_policy.train.data import ResumableBatches, split_episodes
+
+
+@pytest.fixture(scope="module")
+def twin_dataset(tmp_path_factory) -> Path:
+    from sf_policy.sim.record import record_expert
+
+    root = tmp_path_factory.mktemp("twin") / "dataset"
+    record_expert(root, "grasp_vegetable", episodes=3, width=64, height=48, every=3)
+    return root
+
+
+def tiny(root: Path, out: Path, *overrides: str):
+    return load_config("tiny", [f"data.root={root}", f"output_dir={out}", f"teacher.cache_root={out / 'cache'}",
+                                "log.every=1", *overrides])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- configs and batches
+
+
+def test_presets_load_and_the_baseline_differs_from_sf_only_in_alpha():
+    sf, base = load_config("pi0_sf").to_dict(), load_config("pi0_baseline").to_dict()
+    assert sf["align"]["alpha"] == 0.5 and sf["align"]["layer"] == 12 and base["align"]["alpha"] == 0.0
+    sf["align"]["alpha"], sf["name"] = 0.0, "pi0_baseline"
+    assert sf == base
+    assert {p.stem for p in PRESETS_DIR.glob("*.yaml")} >= {"tiny", "pi0_sf", "pi0_baseline"}
+    cfg = load_config("tiny", ["optim.lr=1e-3", "align.adaptive=true", "teacher.mode=online"])
+    assert (cfg.optim.lr, cfg.align.adaptive, cfg.teacher.mode) == (1e-3, True, "online")
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config("tiny", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="teacher.mode must be cache or online"):
+        load_config("tiny", ["teacher.mode=sometimes"])
+    with pytest.raises(ConfigError, match="known presets: .*pi0_sf"):
+        load_config("pi0_sff")
+
+
+def test_batches_resume_exactly_where_an_uninterrupted_stream_was():
+    stream = iter(ResumableBatches(size=10, batch_size=4, seed=3))
+    straight = [next(stream) for _ in range(8)]
+    resumed = iter(ResumableBatches(size=10, batch_size=4, seed=3, start=5))
+    assert [next(resumed) for _ in range(3)] == straight[5:]
+    flat = [i for batch in straight[:5] for i in batch]  # 20 draws = two full epochs
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_whole_episodes_are_held_out(twin_dataset):
+    from sf_policy.data.reader import DatasetReader
+
+    train, held = split_episodes(twin_dataset, heldout=1, seed=0)
+    episodes = DatasetReader(twin_dataset).episodes
+    held_eps = {e.index for e in episodes if e.from_index <= held[0] < e.to_index}
+    assert len(held_eps) == 1 and len(train) + len(held) == sum(e.length for e in episodes)
+    (ep,) = [e for e in episodes if e.index in held_eps]
+    assert sorted(held.tolist()) == list(range(ep.from_index, ep.to_index))
+
+
+# -- training
+
+
+def test_tiny_sf_trains_end_to_end_and_its_checkpoint_loads_without_the_teacher(twin_dataset, tmp_path):
+    from sf_policy.train.loop import train
+    from sf_policy.train.targets import build_cache
+
+    cfg = tiny(twin_dataset, tmp_path, "optim.steps=50", "optim.warmup_steps=5", "log.eval_every=50",
+               "log.save_every=25")
+    build_cache(twin_dataset, cfg.teacher, progress=False)
+    final = train(cfg, progress=False)
+
+    rows = [r for r in metrics(tmp_path / "tiny") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 51))
+    assert all(np.isfinite([r["action"], r["align"], r["grad_norm"]]).all() for r in rows)
+    # Both losses fall on the held-out episode, measured with the same noise and times each time.
+    evals = {r["step"]: r for r in metrics(tmp_path / "tiny") if "eval/action" in r}
+    assert sorted(evals) == [0, 50]
+    assert evals[50]["eval/action"] < 0.95 * evals[0]["eval/action"], evals
+    assert evals[50]["eval/align"] < 0.8 * evals[0]["eval/align"], evals
+    assert np.isfinite(evals[50]["eval/joint_mae_rad"]) and np.isfinite(evals[50]["eval/gripper_mae_m"])
+
+    assert final.name == "step_000050" and (final / "aligner.safetensors").is_file()
+    assert json.loads((final / "dataset.json").read_text())["frames"] > 0
+    assert sorted(p.name for p in final.parent.glob("step_*")) == ["step_000025", "step_000050"]
+    assert (tmp_path / "tiny" / "checkpoints" / "latest").read_text().strip() == "step_000050"
+
+    probe = f"""
+import sys, numpy as np
+from sf_policy.train.checkpoint import load_policy
+policy = load_policy({str(tmp_path / 'tiny')!r})
+rng = np.random.default_rng(0)
+images = {{r: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for r in ("cam_high", "cam_left_wrist", "cam_right_wrist")}}
+chunk = policy.predict([{{"images": images, "state": np.zeros(14, np.float32), "prompt": "pick"}}], num_steps=2)
+assert chunk.shape == (1, 50, 14) and np.isfinite(chunk).all(), chunk.shape
+training_only = ("sf_policy.teacher", "sf_policy.train.loop", "sf_policy.align.aligner", "sf_policy.align.targets")
+heavy = sorted(m for m in sys.modules if m.startswith(training_only))  # align.grid is the letterbox contract
+print("imported:", heavy)
+assert not heavy
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_resume_follows_the_same_loss_trajectory(twin_dataset, tmp_path):
+    from sf_policy.train.loop import train
+    from sf_policy.train.targets import build_cache
+
+    steps = ["optim.steps=6", "optim.warmup_steps=2", "log.eval_every=0", "log.save_every=3"]
+    straight = tiny(twin_dataset, tmp_path / "a", *steps)
+    build_cache(twin_dataset, straight.teacher, progress=False)
+    train(straight, progress=False)
+    expected = metrics(tmp_path / "a" / "tiny")
+
+    first = tiny(twin_dataset, tmp_path / "b", *steps[1:], "optim.steps=3")
+    build_cache(twin_dataset, first.teacher, progress=False)
+    train(first, progress=False)
+    second = tiny(twin_dataset, tmp_path / "b", *steps)
+    train(second, resume=tmp_path / "b" / "tiny" / "checkpoints" / "step_000003", progress=False)
+    got = [r for r in metrics(tmp_path / "b" / "tiny") if r["step"] > 3]
+    assert [r["step"] for r in got] == [4, 5, 6]
+    for mine, theirs in zip(got, expected[3:]):
+        for key in ("loss", "action", "align", "lr"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (mine["step"], key)
+
+
+def test_cached_and_online_targets_give_the_same_alignment_loss(twin_dataset, tmp_path):
+    from sf_policy.train.loop import Trainer
+    from sf_policy.train.targets import build_cache
+
+    losses = {}
+    for mode in ("cache", "online"):
+        cfg = tiny(twin_dataset, tmp_path / mode, f"teacher.mode={mode}", "optim.steps=1")
+        if mode == "cache":
+            build_cache(twin_dataset, cfg.teacher, progress=False)
+        trainer = Trainer(cfg)
+        batch = next(iter(trainer.loader))
+        with torch.no_grad():
+            losses[mode] = float(trainer.losses(batch)["align"])
+    assert losses["cache"] == pytest.approx(losses["online"], rel=2e-3)
+
+
+def test_a_nan_loss_stops_training_naming_the_term_and_the_last_checkpoint(twin_dataset, tmp_path):
+    from sf_policy.train.loop import Trainer, TrainingDiverged
+    from sf_policy.train.targets import build_cache
+
+    cfg = tiny(twin_dataset, tmp_path, "optim.steps=5", "log.eval_every=0", "log.save_every=2")
+    build_cache(twin_dataset, cfg.teacher, progress=False)
+    trainer = Trainer(cfg)
+    lookup, calls = trainer.targets, []
+
+    def poisoned(batch):
+        calls.append(1)
+        targets, valid = lookup(batch)
+        return (targets * float("nan") if len(calls) >= 3 else targets), valid
+
+    trainer.targets = poisoned
+    with pytest.raises(TrainingDiverged, match=r"step 2: the align loss is nan.*step_000002"):
+        trainer.train(progress=False)
+    saved = tmp_path / "tiny" / "checkpoints"
+    assert (saved / "latest").read_text().strip() == "step_000002"
+    assert not list(saved.glob("*.tmp"))
