@@ -232,13 +232,13 @@ def worker(spec: dict, conn) -> None:
                 torch.cuda.synchronize()
             conn.send(("step", (time.perf_counter() - t0, time.process_time() - c0)))
         memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        if trainer.targets is not None:
-            memory["targets_ms"] = 1e3 * _time_targets(trainer, batches[:spec["warmup"] + 3], cuda)
         if info["hwm_reset"]:
             memory["step_peak_rss_delta_mib"] = _rss_mib("VmHWM") - info["rss_before_mib"]
         if cuda:
             memory["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
             memory["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+        if trainer.targets is not None:  # after the memory readings: this is not a training step
+            memory["targets_ms"] = 1e3 * _time_targets(trainer, batches[:spec["warmup"] + 3], cuda)
         conn.send(("done", memory))
     except BaseException:  # noqa: BLE001 - the parent reports it and carries on with the others
         conn.send(("error", traceback.format_exc()))
@@ -353,7 +353,8 @@ def _dataset(args, workdir: Path) -> tuple[Path, dict]:
         recorded = {"task": args.task, "seconds": round(time.perf_counter() - t0, 2), "every": args.every}
     with DatasetReader(root) as reader:
         shapes = {role: reader.features[f"observation.images.{role}"]["shape"][:2] for role in reader.camera_roles}
-        info = {"root": str(root), "frames": reader.num_frames, "episodes": reader.num_episodes,
+        info = {"root": str(root) if recorded is None else "(recorded into a temporary directory)",
+                "frames": reader.num_frames, "episodes": reader.num_episodes,
                 "cameras": {role: f"{w}x{h}" for role, (h, w) in shapes.items()}, "recorded": recorded}
     return root, info
 

@@ -50,6 +50,7 @@ def test_presets_load_and_the_baseline_differs_from_sf_only_in_alpha():
     assert {p.stem for p in PRESETS_DIR.glob("*.yaml")} >= {"tiny", "pi0_sf", "pi0_baseline"}
     cfg = load_config("tiny", ["optim.lr=1e-3", "align.adaptive=true", "teacher.mode=online"])
     assert (cfg.optim.lr, cfg.align.adaptive, cfg.teacher.mode) == (1e-3, True, "online")
+    assert load_config("tiny", ["optim.mixed_precision=no"]).optim.mixed_precision == "no"  # not YAML's False
 
 
 def test_config_errors_name_the_field():
@@ -158,6 +159,7 @@ def test_cached_and_online_targets_give_the_same_alignment_loss(twin_dataset, tm
             build_cache(twin_dataset, cfg.teacher, progress=False)
         trainer = Trainer(cfg)
         batch = next(iter(trainer.loader))
+        trainer.policy.eval()
         with torch.no_grad():
             losses[mode] = float(trainer.losses(batch)["align"])
     assert losses["cache"] == pytest.approx(losses["online"], rel=2e-3)

@@ -77,15 +77,20 @@ def load_episode_rows(root: Path, with_stats: bool = False) -> list[dict]:
     return sorted(rows, key=lambda r: r["episode_index"])
 
 
+def _read_parquet(path: Path, where: str = "") -> pa.Table:
+    """A parquet table, or a DatasetError naming the file (and ``where`` it was expected)."""
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing{where}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: unreadable parquet: {exc}") from None
+
+
 def load_tasks(root: Path) -> dict[int, str]:
     """task_index -> task, from meta/tasks.parquet (the task string is the pandas index there)."""
     path = Path(root) / TASKS_PATH
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{path}: unreadable parquet: {exc}") from None
+    table = _read_parquet(path)
     names = table.column_names
     task_col = "task" if "task" in names else next((n for n in names if n.startswith("__index_level")), None)
     if task_col is None or "task_index" not in names:
@@ -125,12 +130,7 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, feature: dict) -> np.nda
 def read_episode_table(root: Path, info: dict, row: dict) -> pa.Table:
     """The data rows of one episode (its file may hold other episodes when LeRobot wrote it)."""
     path = Path(root) / data_file(info, row)
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing (episode {row['episode_index']}, field data/file_index)") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{path}: unreadable parquet: {exc}") from None
+    table = _read_parquet(path, f" (episode {row['episode_index']}, field data/file_index)")
     episode = table.column("episode_index").to_numpy()
     if not (episode == row["episode_index"]).all():
         table = table.filter(pa.array(episode == row["episode_index"]))

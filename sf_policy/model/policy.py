@@ -21,7 +21,7 @@ import json
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import nn
 from sf_policy.embodiment import STATE_DIM
 from sf_policy.model.actions import check_representation
 from sf_policy.model.normalize import Normalizer
-from sf_policy.model.processor import MODEL_INPUTS, PolicyProcessor, ProcessorConfig
+from sf_policy.model.processor import MODEL_INPUTS, PolicyProcessor, ProcessorConfig, check_fields
 from sf_policy.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 #: LoRA goes on every attention and MLP projection of the VLM's Gemma (2B) and of the action
@@ -87,10 +87,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PolicyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown policy config field(s): {', '.join(sorted(unknown))}")
+        check_fields(cls, data, "policy config")
         return cls(**data)
 
 

@@ -52,6 +52,13 @@ MODEL_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values", 
 SAMPLE_KEYS: tuple[str, ...] = ("images", "state", "prompt", "actions")
 
 
+def check_fields(cls, data: Mapping, what: str) -> None:
+    """Refuse keys a dataclass does not have, naming them (a saved config from another version)."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
+
+
 @dataclass(frozen=True)
 class ProcessorConfig:
     image_size: int = 224
@@ -87,10 +94,7 @@ class ProcessorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ProcessorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown processor config field(s): {', '.join(sorted(unknown))}")
+        check_fields(cls, data, "processor config")
         data = dict(data)
         if "camera_roles" in data:
             data["camera_roles"] = tuple(data["camera_roles"])

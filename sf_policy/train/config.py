@@ -168,6 +168,8 @@ def _coerce(spec, value: Any, source: str, name: str) -> Any:
             raise ConfigError(source, name, f"expected a number, got {value!r}") from None
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind == "str" and isinstance(value, bool):  # YAML 1.1 reads `no` as false (mixed_precision=no)
+        return "yes" if value else "no"
     return value
 
 

@@ -65,14 +65,16 @@ class Collate:
     """Runs the policy's processor in the DataLoader workers; keeps the raw frames the online
     teacher needs (un-augmented, uint8) and each sample's dataset index (its cache row)."""
 
-    def __init__(self, processor, keep_frames: bool):
-        self.processor, self.keep_frames = processor, keep_frames
+    def __init__(self, processor, keep_frames: bool, cache=None):
+        self.processor, self.keep_frames, self.cache = processor, keep_frames, cache
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = dict(self.processor([{k: v for k, v in s.items() if k != "index"} for s in samples]))
         batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
         if self.keep_frames:
             batch["frames"] = torch.from_numpy(np.stack([_frames(s["images"]) for s in samples]))
+        if self.cache is not None:  # the memmap read overlaps the training step
+            batch["teacher_tokens"] = self.cache.tokens(batch["index"].numpy())
         return batch
 
 
@@ -118,7 +120,8 @@ class Trainer:
         self.start_step, ema = 0, None
         if resume_from is not None:
             self.start_step, ema = ckpt.load_trainer_state(resume_from)
-        collate = Collate(self.policy.processor, keep_frames=cfg.aligned and cfg.teacher.mode == "online")
+        collate = Collate(self.policy.processor, keep_frames=cfg.aligned and cfg.teacher.mode == "online",
+                          cache=getattr(self.targets, "cache", None))
         batches = ResumableBatches(len(self.train_idx), per_device, cfg.seed + self.accelerator.process_index,
                                    start=self.start_step * cfg.optim.grad_accum)
         loader = DataLoader(ChunkDataset(self.root, self.train_idx, self.policy.processor.config.chunk_size),

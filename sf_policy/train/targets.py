@@ -59,6 +59,11 @@ class TargetSource:
         self.boxes = [letterbox_geometry(*sizes[r])[-1] if r in sizes else None for r in CAMERA_ROLES]
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mode == "cache":
-            return self.cache.get(batch["index"].cpu().numpy())
-        return self.teacher.targets(batch["frames"], self.boxes)
+        if self.mode == "online":
+            return self.teacher.targets(batch["frames"], self.boxes)
+        # The DataLoader workers read the compact stored tokens (Collate); they are expanded to the
+        # grid where the step runs: at full size the float32 grid is ~4x the bytes to move.
+        tokens = batch.get("teacher_tokens")
+        if tokens is None:
+            tokens = self.cache.tokens(batch["index"].cpu().numpy())
+        return self.cache.to_grid(tokens.to(batch["index"].device, non_blocking=True))
