@@ -185,3 +185,27 @@ def test_a_nan_loss_stops_training_naming_the_term_and_the_last_checkpoint(twin_
     saved = tmp_path / "tiny" / "checkpoints"
     assert (saved / "latest").read_text().strip() == "step_000002"
     assert not list(saved.glob("*.tmp"))
+
+
+def test_ema_accumulation_and_lora_export_a_merged_ema_policy(twin_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from sf_policy.train.checkpoint import load_policy
+    from sf_policy.train.loop import Trainer
+    from sf_policy.train.targets import build_cache
+
+    cfg = tiny(twin_dataset, tmp_path, "optim.steps=3", "optim.grad_accum=2", "optim.ema_decay=0.5",
+               "log.eval_every=0", "log.save_every=0", "policy.lora={rank: 4, alpha: 8}")
+    build_cache(twin_dataset, cfg.teacher, progress=False)
+    trainer = Trainer(cfg)
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "embed_action_time" in n or "action_out_proj" in n for n in trainable)
+    final = trainer.train(progress=False)
+
+    ema = load_file(final / "train_state" / "ema.safetensors")
+    live = dict(trainer.policy.named_parameters())
+    head = "model.base_model.model.action_out_proj.modules_to_save.default.weight"  # peft trains a copy
+    assert set(ema) == trainable and not torch.equal(ema[head], live[head].detach().cpu())
+    exported = load_policy(final)  # LoRA merged, EMA weights in
+    assert not any("lora_" in n for n, _ in exported.named_parameters())
+    torch.testing.assert_close(exported.pi0.action_out_proj.weight, ema[head])
