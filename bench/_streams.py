@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import signal
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
@@ -106,21 +107,20 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--arm-rate", type=float, default=200.0)
     args = parser.parse_args()
-    rclpy.init()
+    # Our own handlers only set a flag: the publishing thread is stopped and joined before the
+    # publishers go (rclpy's handler shut the context down under it, and SIGTERM was sometimes lost).
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     node = Streams(args.width, args.height, args.fps, args.arm_rate)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM from the bench
-        pass
+        done.wait()  # nothing to spin: the node only publishes, from its own thread
     finally:
         node.stop.set()
-        node.thread.join(2.0)  # it publishes: let it finish before the publishers go
+        node.thread.join(2.0)
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
+        rclpy.try_shutdown()
 
 if __name__ == "__main__":
     main()

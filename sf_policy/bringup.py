@@ -227,3 +227,34 @@ def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool
                              bag_root=bag_root, exit_when_done=exit_when_done, share=share)
     terminal = None if sim else key_terminal(keys)
     return [*graph, recorder, *([record_keys_node(terminal, keymap)] if terminal else [])]
+
+
+def policy_node(task: str, *, checkpoint: str | None = None, remote: str = "", dry_run: bool = False,
+                autostart: bool = True, share: Path | None = None) -> NodeSpec:
+    """The policy node for a task: config/policy.yaml (control and safety defaults), then the
+    task's prompt, checkpoint and cameras; ``checkpoint``/``remote`` override the task's."""
+    share = share or bringup_share()
+    config = task_config(task, share)
+    checkpoint = checkpoint or config.get("checkpoint") or ""
+    if not checkpoint and not remote:
+        raise ConfigError(share / "config" / "tasks" / f"{task}.yaml", "checkpoint",
+                          "no trained checkpoint: set it here, or pass checkpoint:=<dir> or remote:=<server url>")
+    params: dict[str, Any] = {"prompt": config["prompt"], "checkpoint": str(checkpoint), "remote": remote,
+                              "dry_run": dry_run, "autostart": autostart}
+    if config.get("cameras"):
+        params["cameras"] = list(config["cameras"])
+    return NodeSpec("policy_node", "policy", params, params_files=(str(share / "config" / "policy.yaml"),))
+
+
+def policy_nodes(task: str, *, sim: bool = False, checkpoint: str | None = None, remote: str = "",
+                 dry_run: bool = False, seed: int = 0, robot_config: str | None = None,
+                 camera_config: str | None = None, share: Path | None = None) -> list[NodeSpec]:
+    """Deployment: the drivers in follow mode (or the twin with no operator) + the policy node."""
+    config = task_config(task, share)
+    node = policy_node(task, checkpoint=checkpoint, remote=remote, dry_run=dry_run, share=share)
+    if sim:
+        graph = twin_nodes(task, operator="none", seed=seed, share=share)
+    else:
+        graph = driver_nodes(share, mode="follow", robot_config=robot_config,
+                             camera_config=camera_config or config.get("camera_config") or None)
+    return [*graph, node]

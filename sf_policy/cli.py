@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .cli_dataset import app as dataset_app
 from .cli_eval import app as eval_app
+from .cli_serve import serve_cmd
 from .cli_train import app as train_app
 
 app = typer.Typer(help="Spatial Forcing on the AgileX bimanual Piper.", no_args_is_help=True,
@@ -28,6 +29,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.command("serve")(serve_cmd)
 console = Console()
 
 
@@ -131,6 +133,28 @@ def launch_record(
     helper = "the key helper's window" if any(s.executable == "record_keys" for s in specs) else "`record_keys`"
     console.print(f"recording {task} into {recorder.parameters['dataset_root']}; start/stop with {helper} "
                   "(or /recorder/command); Ctrl-C stops")
+    with Launch(specs, env=ros_env(local=True)) as graph:
+        code = graph.wait()
+    raise typer.Exit(code)
+
+
+@launch_app.command("policy")
+def launch_policy(
+    task: str = typer.Option("lift_pot", help="config/tasks/<task>.yaml: prompt, checkpoint, cameras."),
+    sim: bool = typer.Option(False, help="The MuJoCo twin (the policy drives it) instead of the robot."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint or run directory (default: the task's)."),
+    remote: str = typer.Option("", help="A policy server URL (sf serve) instead of a local model."),
+    dry_run: bool = typer.Option(False, help="Commands on /policy/dry_run/... only."),
+    seed: int = typer.Option(0, help="sim: the scene's seed."),
+):
+    """What ``ros2 launch sf_bringup policy.launch.py`` starts; Ctrl-C stops."""
+    from .bringup import policy_nodes
+    from .launcher import Launch
+    from .ros_env import ros_env
+
+    specs = policy_nodes(task, sim=sim, checkpoint=checkpoint, remote=remote, dry_run=dry_run, seed=seed)
+    console.print(f"running the {task} policy{' on the twin' if sim else ''}; /policy/estop holds the arms; "
+                  "Ctrl-C stops")
     with Launch(specs, env=ros_env(local=True)) as graph:
         code = graph.wait()
     raise typer.Exit(code)

@@ -77,10 +77,11 @@ def evaluate(name: str, **overrides):
 
 
 def test_policy_launch_follow_mode_with_task(launch_standins):
-    declared, nodes = evaluate("policy.launch.py", task="lift_pot")
-    assert {"task", "sim", "robot_config", "camera_config"} <= set(declared)
+    declared, nodes = evaluate("policy.launch.py", task="lift_pot", remote="http://127.0.0.1:8000")
+    assert {"task", "sim", "robot_config", "camera_config", "checkpoint", "remote", "dry_run"} <= set(declared)
     names = [n.kwargs["name"] for n in nodes]
-    assert names == ["piper_left", "piper_right", "cam_high", "cam_left_wrist", "cam_right_wrist"]
+    assert names == ["piper_left", "piper_right", "cam_high", "cam_left_wrist", "cam_right_wrist", "policy"]
+    assert isinstance(nodes[-1], LifecycleNode) and nodes[-1].kwargs["parameters"][-1]["remote"].endswith(":8000")
     arm = nodes[0]
     assert isinstance(arm, LifecycleNode) and arm.kwargs["executable"] == "piper_arm_driver"
     assert evaluate.env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_large_data.xml")
@@ -110,9 +111,22 @@ def test_record_launch_on_the_robot_reads_the_masters(launch_standins):
     assert nodes[-1].kwargs["parameters"][-1]["dataset_root"].endswith("lift_pot")
 
 
-def test_policy_launch_in_sim_leaves_the_arms_to_the_policy(launch_standins):
-    declared, nodes = evaluate("policy.launch.py", sim="true", task="lift_pot")
-    assert declared["operator"] == "none" and nodes[0].kwargs["parameters"][-1]["operator"] == "none"
+def test_policy_launch_in_sim_leaves_the_arms_to_the_policy(launch_standins, tmp_path):
+    declared, nodes = evaluate("policy.launch.py", sim="true", task="lift_pot", checkpoint=str(tmp_path),
+                               dry_run="true")
+    assert [n.kwargs["executable"] for n in nodes] == ["sim_node", "policy_node"]
+    assert nodes[0].kwargs["parameters"][-1]["operator"] == "none"
+    policy = nodes[1].kwargs["parameters"]
+    assert policy[0].endswith("policy.yaml")
+    assert policy[-1]["checkpoint"] == str(tmp_path) and policy[-1]["dry_run"] is True
+    assert policy[-1]["prompt"].startswith("Lift the pot") and policy[-1]["autostart"] is True
+
+
+def test_policy_launch_without_a_checkpoint_says_where_to_set_one(launch_standins):
+    from sf_policy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lift_pot.yaml: checkpoint: no trained checkpoint"):
+        evaluate("policy.launch.py", task="lift_pot")
 
 
 def test_drivers_launch_mode_argument(launch_standins):

@@ -38,7 +38,7 @@ def test_sources_compile(version, tmp_path):
 
 
 @pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"]),
-                                         ("sim", ["--seeds", "0"])])
+                                         ("sim", ["--seeds", "0"]), ("control", []), ("record", [])])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     """Not a timing test: the benchmark scripts must keep working and write their figures."""
     import json
@@ -55,5 +55,9 @@ def test_benchmarks_run_and_write_results(tmp_path, name, extra):
         assert set(data["arms"]) == {"left", "right"} and all(a["messages"] > 0 for a in data["arms"].values())
     elif name == "camera_driver":
         assert len(data["runs"]) == 4 and all(r["hz"] > 0 for r in data["runs"])
+    elif name == "control":
+        assert data["commands"] > 0 and data["rate_hz"] > 0 and "gaps" in data
+    elif name == "record":
+        assert data["frames"] > 0 and set(data["cameras"]) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}
     else:
         assert all(v > 0 for v in data["real_time_factor"].values())

@@ -24,6 +24,7 @@ setup(
             "sim_node = sf_nodes.sim_node:main",
             "teleop_link = sf_nodes.teleop_link:main",
             "record_keys = sf_nodes.record_keys:main",
+            "policy_node = sf_nodes.policy_node:main",
             "recorder = sf_nodes.recorder:main",
         ],
     },

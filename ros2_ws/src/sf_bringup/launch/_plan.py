@@ -11,7 +11,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-LIFECYCLE_EXECUTABLES = {"piper_arm_driver"}
+LIFECYCLE_EXECUTABLES = {"piper_arm_driver", "policy_node"}
 
 
 def as_bool(text: str) -> bool:

@@ -1,0 +1,100 @@
+"""``sf serve``: one checkpoint behind HTTP + websocket (docs/serving.md).
+
+  sf serve outputs/train/pi0_sf                                  # 127.0.0.1:8000, no token needed
+  SF_SERVE_TOKEN=... sf serve CKPT --host 0.0.0.0 --port 8000    # other machines: a token is required
+
+The robot side: ``ros2 launch sf_bringup policy.launch.py task:=lift_pot remote:=ws://gpu-box:8000``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (.../checkpoints/step_N) or run directory "
+                                                "(its latest checkpoint)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs a token."),
+    port: int = typer.Option(8000, help="TCP port."),
+    token: Optional[str] = typer.Option(None, envvar="SF_SERVE_TOKEN", show_envvar=True,
+                                        help="Bearer token every endpoint but /health requires (at least 16 "
+                                             "characters off loopback). Prefer the environment variable: a "
+                                             "command-line token shows in `ps`."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default bfloat16 on GPU, "
+                                                   "float32 on CPU)."),
+    num_steps: int = typer.Option(10, help="Flow-matching integration steps per chunk (a request may ask for "
+                                           "another number)."),
+    fps: float = typer.Option(30.0, help="Control rate the chunks were trained at (reported in /metadata)."),
+    max_payload_mb: float = typer.Option(16.0, help="Largest request body / websocket frame, MiB (413 above)."),
+    max_queue: int = typer.Option(8, help="Requests allowed to wait for the model; more get 503."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One inference before accepting requests."),
+    ssl_certfile: Optional[Path] = typer.Option(None, help="Serve https/wss with this certificate (PEM)."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, help="... and this private key (PEM)."),
+    log_level: str = typer.Option("info", help="uvicorn log level: debug, info, warning, error."),
+):
+    """Serve a trained policy over HTTP and a websocket (msgpack + numpy, openpi-compatible websocket)."""
+    from .serve.server import BindRefused, check_bind, checkpoint_info, create_app, install_log_redaction, uvicorn_config
+
+    token = token or None
+    try:
+        check_bind(host, token)
+    except BindRefused as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
+    if max_payload_mb <= 0 or max_queue <= 0 or not 1 <= num_steps <= 100:
+        raise typer.BadParameter("--max-payload-mb and --max-queue must be positive, --num-steps in 1..100")
+    try:
+        info = checkpoint_info(checkpoint)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+    def load():
+        import torch
+
+        from .train.checkpoint import load_policy
+
+        target = device
+        if target == "auto":
+            target = "cuda" if torch.cuda.is_available() else "cpu"
+        chosen = dtype or ("bfloat16" if target.startswith("cuda") else "float32")
+        policy = load_policy(checkpoint, dtype=chosen).to(target).eval()
+        console.print(f"loaded {info['id']} ({info['fingerprint'][:19]}...) on {target} in {chosen}")
+        return policy
+
+    app = create_app(load, token=token, max_payload_bytes=int(max_payload_mb * 2**20), metadata={"checkpoint": info},
+                     num_steps=num_steps, fps=fps, max_queue=max_queue, warmup=warmup)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scheme = "https" if ssl_certfile else "http"
+    console.print(f"serving {info['path']} on {scheme}://{host}:{port} (websocket /ws, "
+                  f"{'token required' if token else 'no token'}); Ctrl-C stops")
+    import uvicorn
+
+    config = uvicorn_config(app, host, port, log_level=log_level,
+                            ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                            ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+    install_log_redaction()  # after uvicorn configured its loggers: '?token=' never reaches the log
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+#: ``sf_policy.cli`` registers ``serve_cmd`` as ``sf serve``; this app lets it run on its own too.
+app = typer.Typer(help="Serve a trained policy.", add_completion=False, pretty_exceptions_enable=False)
+app.command("serve")(serve_cmd)
+
+
+@app.callback()
+def _group() -> None:
+    """Serve a trained policy."""

@@ -1,0 +1,530 @@
+"""The policy server: one model behind HTTP and a websocket (FastAPI + uvicorn), msgpack + numpy on the wire.
+
+Endpoints (``docs/serving.md`` has the payloads):
+
+* ``GET /health``    200 ``{"status": "ok", "model_loaded": true}`` (never needs the token);
+* ``GET /metadata``  the policy's contract: joint names, cameras, chunk size, fps, units, checkpoint;
+* ``POST /infer``    msgpack (or JSON) request → ``{"actions": float32 [50, 14], "timing": {...}}``;
+* ``WS /ws``         binary msgpack frames, openpi's layout: the server sends the metadata first, then
+  answers every request frame with a reply frame; an error is a *text* frame
+  ``{"error": {status, field, message}}`` and the connection stays open. Also at ``/`` (where
+  openpi's client connects), and ``/healthz`` answers as ``/health`` does (openpi's name).
+
+Inference runs on one worker thread (one model, requests in arrival order), so the event loop
+keeps answering health checks and other clients while the model computes; at most ``max_queue``
+requests wait, more get 503. Malformed requests get a 4xx naming the field and never reach
+the model. With a token, everything but ``/health`` needs ``Authorization: Bearer <token>``
+(openpi's ``Api-Key <token>`` is accepted too; the websocket also takes ``?token=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import Response
+from starlette.websockets import WebSocketDisconnect
+
+from sf_policy.embodiment import JOINT_NAMES, STATE_DIM
+from sf_policy.serve.wire import (
+    JSON,
+    MSGPACK,
+    PROTOCOL,
+    PROTOCOL_VERSION,
+    InferRequest,
+    WireError,
+    json_loads,
+    packb,
+    parse_request,
+    payload_too_large,
+    to_jsonable,
+    unpackb,
+)
+
+log = logging.getLogger("sf_policy.serve")
+
+DEFAULT_MAX_PAYLOAD = 16 * 2**20
+DEFAULT_NUM_STEPS = 10
+DEFAULT_FPS = 30.0
+MIN_TOKEN_CHARS = 16
+TOKEN_ENV = "SF_SERVE_TOKEN"
+#: Bytes of an over-limit HTTP body read and discarded so the client sees the 413 rather than a reset.
+DRAIN_LIMIT = 64 * 2**20
+MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/octet-stream", "")
+
+
+class BindRefused(ValueError):
+    """Serving on a non-loopback address without a (good enough) token."""
+
+
+# --------------------------------------------------------------------------------------------
+# security
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_token(token: str | None) -> str | None:
+    """A token must be visible ASCII without spaces (it travels in a header)."""
+    if token is None:
+        return None
+    if not re.fullmatch(r"[!-~]+", token):
+        raise BindRefused("the token must be printable ASCII without spaces, e.g. "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without a token of at least ``MIN_TOKEN_CHARS`` characters."""
+    check_token(token)
+    if is_loopback(host):
+        return
+    if not token:
+        raise BindRefused(
+            f"refusing to serve on {host} without a token: anyone who can reach that address could run the "
+            f"policy and read its metadata. Pass --token (or set {TOKEN_ENV}), e.g. "
+            f"{TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+            "or keep --host 127.0.0.1 and reach it through an SSH tunnel")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise BindRefused(f"the token is {len(token)} characters; serving on {host} needs at least "
+                          f"{MIN_TOKEN_CHARS} (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def token_of(headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> str | None:
+    """The token a client presented: ``Authorization: Bearer <t>`` (or openpi's ``Api-Key <t>``),
+    else ``?token=`` when ``query`` is given (websocket only)."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() in ("bearer", "api-key") and value.strip():
+            return value.strip()
+        return ""
+    if query is not None:
+        return query.get("token")
+    return None
+
+
+def authorized(expected: str | None, given: str | None) -> bool:
+    if expected is None:
+        return True
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``token=...`` in log lines (uvicorn logs a websocket's path with its query)."""
+
+    pattern = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = self.pattern.sub(r"\1***", message), None
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint identity
+
+
+def fingerprint_dir(path: str | Path) -> str:
+    """sha256 over a directory's files (relative names and full contents), as ``sha256:<hex>``."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def checkpoint_info(checkpoint: str | Path) -> dict:
+    """What ``/metadata`` says about a checkpoint: its id, path, fingerprint and dataset's fingerprint."""
+    from sf_policy.train.checkpoint import DATASET_FILE, POLICY_DIR, resolve_checkpoint
+
+    root = resolve_checkpoint(checkpoint)
+    info = {"id": root.name, "run": root.parent.parent.name if root.parent.name == "checkpoints" else None,
+            "path": str(root.resolve()), "fingerprint": fingerprint_dir(root / POLICY_DIR)}
+    dataset = root / DATASET_FILE
+    if dataset.is_file():
+        try:
+            info["dataset_fingerprint"] = json.loads(dataset.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            info["dataset_fingerprint"] = None
+    return info
+
+
+def policy_metadata(policy, *, num_steps: int = DEFAULT_NUM_STEPS, fps: float = DEFAULT_FPS) -> dict:
+    """The contract a client needs, from a loaded ``Policy``."""
+    pc = policy.processor.config
+    return {
+        "protocol": PROTOCOL,
+        "version": PROTOCOL_VERSION,
+        "encoding": "msgpack; numpy arrays as {__ndarray__, data, dtype, shape} (openpi's msgpack_numpy)",
+        "joint_names": list(JOINT_NAMES),
+        "state_dim": STATE_DIM,
+        "action_dim": STATE_DIM,
+        "camera_roles": list(pc.camera_roles),
+        "image_size": pc.image_size,
+        "image_format": "uint8 RGB, HxWx3 (3xHxW accepted), any size; letterboxed to image_size",
+        "chunk_size": pc.chunk_size,
+        "fps": float(fps),
+        "num_steps": int(num_steps),
+        "actions": "absolute joint targets, one row per control tick at fps",
+        "action_units": {"joints": "rad", "gripper": "m (opening between the fingers, 0 = closed)"},
+        "representation": pc.representation,
+        "max_prompt_tokens": pc.max_prompt_tokens,
+        "dtype": str(policy.dtype).removeprefix("torch."),
+        "device": str(policy.device),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the runtime behind the endpoints
+
+
+class _Runtime:
+    def __init__(self, policy_or_factory, *, token, max_payload_bytes, metadata, num_steps, fps, max_queue, warmup):
+        if _is_policy(policy_or_factory):
+            self.policy, self.factory = policy_or_factory, None
+        elif callable(policy_or_factory):
+            self.policy, self.factory = None, policy_or_factory
+        else:
+            raise TypeError("create_app needs a Policy or a callable that returns one")
+        if max_payload_bytes <= 0 or max_queue <= 0 or not 1 <= num_steps <= 100:
+            raise ValueError("max_payload_bytes and max_queue must be positive, num_steps in 1..100")
+        self.token = check_token(token)
+        self.max_payload = int(max_payload_bytes)
+        self.extra = dict(metadata or {})
+        self.num_steps = int(num_steps)
+        self.fps = float(fps)
+        self.max_queue = int(max_queue)
+        self.warmup_on_start = warmup
+        self.pending = 0
+        self.executor: ThreadPoolExecutor | None = None
+        self.metadata: dict | None = None
+        if self.policy is not None:
+            self._set_policy(self.policy)
+
+    def _set_policy(self, policy) -> None:
+        if not _is_policy(policy):
+            raise TypeError(f"the policy factory returned {type(policy).__name__}, not a Policy")
+        self.policy = policy
+        self.metadata = policy_metadata(policy, num_steps=self.num_steps, fps=self.fps) | {
+            "max_payload_bytes": self.max_payload, "auth": self.token is not None} | self.extra
+
+    async def start(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-infer")
+        loop = asyncio.get_running_loop()
+        if self.policy is None:
+            log.info("loading the policy")
+            self._set_policy(await loop.run_in_executor(self.executor, self.factory))
+        if self.warmup_on_start:
+            await loop.run_in_executor(self.executor, self._warmup)
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+    def processor_roles(self) -> tuple[str, ...]:
+        return tuple(self.policy.processor.config.camera_roles) if self.policy is not None else ()
+
+    def _warmup(self) -> None:
+        size = self.policy.processor.config.image_size
+        roles = self.policy.processor.config.camera_roles
+        sample = {"images": {r: np.zeros((size, size, 3), np.uint8) for r in roles},
+                  "state": np.zeros(STATE_DIM), "prompt": "warm up"}
+        started = time.perf_counter()
+        self._run(InferRequest(sample, seed=0))
+        log.info("warm-up inference took %.0f ms", (time.perf_counter() - started) * 1e3)
+
+    def _run(self, request: InferRequest) -> tuple[np.ndarray, float]:
+        """On the inference thread: processor (its errors are the client's: 422), then the model."""
+        import torch
+
+        started = time.perf_counter()
+        policy = self.policy
+        try:
+            batch = policy.processor([request.sample])
+        except (ValueError, TypeError) as exc:
+            raise WireError("", re.sub(r"^sample 0: ", "", str(exc)), status=422) from None
+        generator = None
+        if request.seed is not None:
+            generator = torch.Generator(device=policy.device).manual_seed(request.seed)
+        actions = policy.sample(batch, request.num_steps or self.num_steps, generator)
+        return actions[0].float().cpu().numpy(), (time.perf_counter() - started) * 1e3
+
+    async def infer(self, request: InferRequest, received: float) -> dict:
+        if self.policy is None or self.executor is None:
+            raise WireError("", "the model is not loaded yet", status=503)
+        if self.pending >= self.max_queue:
+            raise WireError("", f"busy: {self.pending} requests already waiting (sf serve --max-queue "
+                                f"{self.max_queue})", status=503)
+        self.pending += 1  # only touched on the event loop: no lock needed
+        queued = time.perf_counter()
+        try:
+            actions, infer_ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, request)
+        finally:
+            self.pending -= 1
+        total_ms = (time.perf_counter() - received) * 1e3
+        timing = {"infer_ms": infer_ms, "queue_ms": max(0.0, (time.perf_counter() - queued) * 1e3 - infer_ms),
+                  "total_ms": total_ms}
+        return {"actions": actions.astype(np.float32, copy=False), "timing": timing,
+                "server_timing": {"infer_ms": infer_ms}}
+
+
+def _is_policy(obj) -> bool:
+    return hasattr(obj, "processor") and hasattr(obj, "sample")
+
+
+# --------------------------------------------------------------------------------------------
+# the app
+
+
+def create_app(policy_or_factory: Any, *, token: str | None = None, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+               metadata: Mapping | None = None, num_steps: int = DEFAULT_NUM_STEPS, fps: float = DEFAULT_FPS,
+               max_queue: int = 8, warmup: bool = True):
+    """The FastAPI app serving one policy.
+
+    ``policy_or_factory``: a loaded ``Policy``, or a callable returning one, called at startup (on
+    the inference thread; a failure stops the server from starting). ``metadata``: extra entries
+    for ``/metadata`` (``checkpoint_info`` gives the checkpoint's). ``token``: require it on every
+    endpoint but ``/health``. ``warmup``: one inference at startup so the first request is not slow.
+    """
+    runtime = _Runtime(policy_or_factory, token=token, max_payload_bytes=max_payload_bytes, metadata=metadata,
+                       num_steps=num_steps, fps=fps, max_queue=max_queue, warmup=warmup)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title="sf-policy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = runtime
+    app.state.max_payload_bytes = runtime.max_payload
+
+    def json_response(body: Any, status: int = 200, headers: Mapping | None = None) -> Response:
+        return Response(json.dumps(to_jsonable(body)).encode(), status_code=status, media_type=JSON,
+                        headers=dict(headers or {}))
+
+    def error_response(error: WireError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return json_response({"error": error.to_dict()}, error.status, headers)
+
+    def unauthorized(given: str | None) -> WireError:
+        what = "missing" if given is None else "wrong"
+        return WireError("authorization", f"{what} token: send 'Authorization: Bearer <token>'", status=401)
+
+    @app.exception_handler(WireError)
+    async def _wire_error(request, exc: WireError):
+        return error_response(exc)
+
+    def require_token(request: Request) -> None:
+        given = token_of(request.headers)
+        if not authorized(runtime.token, given):
+            raise unauthorized(given)
+
+    @app.get("/health")
+    @app.get("/healthz")  # openpi's name
+    async def health():
+        loaded = runtime.metadata is not None and runtime.executor is not None
+        body = {"status": "ok" if loaded else "loading", "model_loaded": loaded, "protocol": PROTOCOL,
+                "version": PROTOCOL_VERSION}
+        return json_response(body, 200 if loaded else 503)
+
+    @app.get("/metadata")
+    async def metadata_endpoint(request: Request):
+        require_token(request)
+        if runtime.metadata is None:
+            raise WireError("", "the model is not loaded yet", status=503)
+        return json_response(runtime.metadata)
+
+    @app.post("/infer")
+    async def infer(request: Request):
+        require_token(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != JSON and content_type not in MSGPACK_TYPES:
+            raise WireError("content-type", f"{content_type!r} is not supported; send {MSGPACK} (or {JSON})",
+                            status=415)
+        body = await read_body(request, runtime.max_payload)
+        received = time.perf_counter()
+        try:
+            if content_type == JSON:
+                parsed = parse_request(json_loads(body), runtime.processor_roles(), from_json=True)
+            else:
+                parsed = parse_request(unpackb(body), runtime.processor_roles())
+            reply = await runtime.infer(parsed, received)
+        except WireError as exc:
+            return error_response(exc)
+        except Exception as exc:  # not the request's fault (the model failed): a 500, and the server goes on
+            log.exception("request failed")
+            return error_response(WireError("", f"internal error: {type(exc).__name__}: {exc}", status=500))
+        if content_type == JSON:
+            return json_response(reply)
+        return Response(packb(reply), media_type=MSGPACK)
+
+    @app.websocket("/ws")
+    async def websocket_endpoint(websocket: WebSocket):
+        given = token_of(websocket.headers, websocket.query_params)
+        if not authorized(runtime.token, given):
+            error = unauthorized(given)
+            try:
+                await websocket.send_denial_response(error_response(error))
+            except RuntimeError:  # the ASGI server cannot send an HTTP denial: close during the handshake
+                await websocket.close(code=1008, reason=str(error)[:120])
+            return
+        if runtime.metadata is None or runtime.executor is None:
+            await websocket.close(code=1013, reason="the model is not loaded yet")
+            return
+        await websocket.accept()
+        try:
+            await websocket.send_bytes(packb(runtime.metadata))
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                received = time.perf_counter()
+                try:
+                    data = message.get("bytes")
+                    if data is None:
+                        raise WireError("frame", "expected a binary msgpack frame, got a text frame")
+                    if len(data) > runtime.max_payload:
+                        raise payload_too_large(len(data), runtime.max_payload)
+                    reply = await runtime.infer(parse_request(unpackb(data), runtime.processor_roles()), received)
+                except WireError as exc:
+                    await websocket.send_text(json.dumps({"error": exc.to_dict()}))
+                    continue
+                except Exception as exc:
+                    log.exception("request failed")
+                    error = WireError("", f"internal error: {type(exc).__name__}: {exc}", status=500)
+                    await websocket.send_text(json.dumps({"error": error.to_dict()}))
+                    continue
+                await websocket.send_bytes(packb(reply))
+        except WebSocketDisconnect:
+            pass
+
+    app.add_api_websocket_route("/", websocket_endpoint)  # openpi clients connect to ws://host:port
+    return app
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, or a 413 naming the limit once it passes ``limit`` bytes. An over-limit body
+    is read on (discarded, up to ``DRAIN_LIMIT``) so the client gets the 413, not a reset connection."""
+    declared = request.headers.get("content-length")
+    size_hint = None
+    if declared is not None:
+        try:
+            size_hint = int(declared)
+        except ValueError:
+            raise WireError("content-length", f"not an integer: {declared!r}") from None
+    chunks, size, over = [], 0, size_hint is not None and size_hint > limit
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            over = True
+        if over:
+            chunks.clear()
+            if size > limit + DRAIN_LIMIT:
+                break
+            continue
+        chunks.append(chunk)
+    if over:
+        raise payload_too_large(size_hint, limit)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# running it
+
+
+def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **kwargs):
+    """uvicorn settings for ``app``: websocket frames up to the payload limit (+1 MiB, so that a slightly
+    larger frame gets the 413 error frame; far larger ones are closed with 1009), no per-message
+    compression (arrays do not compress, and it costs CPU), the sans-I/O websockets implementation."""
+    import uvicorn
+
+    limit = getattr(app.state, "max_payload_bytes", DEFAULT_MAX_PAYLOAD)
+    options = {"ws": "websockets-sansio", "ws_max_size": limit + 2**20, "ws_per_message_deflate": False,
+               "log_level": log_level, "lifespan": "on", "timeout_graceful_shutdown": 5} | kwargs
+    return uvicorn.Config(app, host=host, port=port, **options)
+
+
+def install_log_redaction() -> None:
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` in a thread (tests, notebooks): ``with BackgroundServer(app) as s: s.url``.
+
+    ``port=0`` picks a free port; ``__enter__`` returns once the app has started (model loaded,
+    warmed up) and raises if it failed to.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 120.0, **kwargs):
+        import uvicorn
+
+        self.host = host
+        self.server = uvicorn.Server(uvicorn_config(app, host, port, log_level=kwargs.pop("log_level", "warning"),
+                                                   **kwargs))
+        self.startup_timeout = startup_timeout
+        self.thread = threading.Thread(target=self.server.run, name="sf-serve", daemon=True)
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the policy server failed to start (see its log)")
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"the policy server did not start within {self.startup_timeout} s")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "TOKEN_ENV", "BackgroundServer", "BindRefused", "authorized", "check_bind",
+           "check_token", "checkpoint_info", "create_app", "fingerprint_dir", "install_log_redaction", "is_loopback",
+           "policy_metadata", "token_of", "uvicorn_config"]
