@@ -38,7 +38,8 @@ def test_sources_compile(version, tmp_path):
 
 
 @pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"]),
-                                         ("sim", ["--seeds", "0"]), ("control", []), ("record", [])])
+                                         ("sim", ["--seeds", "0"]), ("control", []), ("record", []),
+                                         ("inference", ["--repeats", "2", "--warmup", "1", "--steps", "2"])])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     """Not a timing test: the benchmark scripts must keep working and write their figures."""
     import json
@@ -57,6 +58,8 @@ def test_benchmarks_run_and_write_results(tmp_path, name, extra):
         assert len(data["runs"]) == 4 and all(r["hz"] > 0 for r in data["runs"])
     elif name == "control":
         assert data["commands"] > 0 and data["rate_hz"] > 0 and "gaps" in data
+    elif name == "inference":
+        assert data["ours_ms"]["p50"] > 0 and data["transformers_sample_actions_ms"]["p50"] > 0
     elif name == "record":
         assert data["frames"] > 0 and set(data["cameras"]) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}
     else:
