@@ -1,13 +1,20 @@
 """Chunk latency: the deployed inference path vs. transformers' own ``sample_actions``.
 
-Both run on the same processed inputs (three cameras, a prompt, the state) with the same
-noise and number of flow-matching steps; "ours" is what the policy node calls per chunk
-(``Policy.predict``: processor + ``sample`` + un-normalisation), "transformers" is
-``PI0ForConditionalGeneration.sample_actions`` alone on pre-processed tensors. The tiny
-config runs on CPU; ``--preset full`` builds a random full-size π0 in bf16 on CUDA (no
+All variants run on the same processed inputs (three cameras, a prompt, the state) with the
+same noise and number of flow-matching steps, interleaved round by round so that load on the
+machine hits them alike:
+
+* ``transformers``: ``PI0ForConditionalGeneration.sample_actions`` alone on pre-processed tensors;
+* ``fast``: our ``FastSampler`` on the same tensors (model-only, the like-for-like ratio);
+* ``ours``: what the policy node calls per chunk (``Policy.predict``: processor + fast sampler +
+  un-normalisation), end to end from uint8 camera images;
+* ``compiled`` (``--compile``): ``ours`` with the denoising loop ``torch.compile``d (CPU and GPU)
+  and, on a GPU, captured as one CUDA graph (``fast`` and ``ours`` capture a graph on a GPU too).
+
+The tiny config runs on CPU; ``--preset full`` builds a random full-size π0 in bf16 on CUDA (no
 weights needed) and refuses to run without a GPU.
 
-  .venv/bin/python bench/inference.py [--preset tiny|full] [--repeats 20] [--steps 10]
+  .venv/bin/python bench/inference.py [--preset tiny|full] [--repeats 20] [--steps 10] [--compile]
 """
 
 from __future__ import annotations
@@ -56,18 +63,11 @@ def build_policy(preset: str, workdir: Path):
         policy_mod.build_pi0 = original
 
 
-def timed(fn, repeats: int, sync) -> np.ndarray:
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return np.array(times)
+def run(preset: str, repeats: int, warmup: int, steps: int, compile: bool) -> dict:
+    import copy
 
+    from sf_policy.model.sampling import FastSampler
 
-def run(preset: str, repeats: int, warmup: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         policy = build_policy(preset, Path(tmp)).eval()
         device = policy.device
@@ -75,29 +75,47 @@ def run(preset: str, repeats: int, warmup: int, steps: int) -> dict:
         rng = np.random.default_rng(0)
         sample = {"images": {r: rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for r in CAMERA_ROLES},
                   "state": np.zeros(14, np.float32), "prompt": "lift the pot by both handles"}
-        batch = {k: v.to(device) for k, v in policy.processor([sample]).items()}
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask",
-                                        "state")}
-        inputs["pixel_values"] = inputs["pixel_values"].to(policy.dtype)
-        inputs["state"] = inputs["state"].to(policy.dtype)
+        inputs = policy._inputs(policy.processor([sample]))
         noise = policy.noise_like(1).to(policy.dtype)
-
-        def theirs():
-            with torch.no_grad():
-                policy.pi0.sample_actions(**inputs, noise=noise, num_steps=steps)
-
-        def ours():
-            policy.predict([sample], num_steps=steps)
-
-        for fn in (theirs, ours):
-            timed(fn, warmup, sync)
-        t_theirs, t_ours = timed(theirs, repeats, sync), timed(ours, repeats, sync)
-    spread = lambda t: {"p50": round(float(np.percentile(t, 50)), 2), "p99": round(float(np.percentile(t, 99)), 2)}  # noqa: E731
-    return {"preset": preset, "device": str(device), "dtype": str(policy.dtype), "steps": steps, "repeats": repeats,
-            "cameras": "3 x 640x480 (letterboxed to 224)", "ours_ms": spread(t_ours),
-            "transformers_sample_actions_ms": spread(t_theirs),
-            "speedup_p50": round(float(np.median(t_theirs) / np.median(t_ours)), 3),
-            "note": "ours includes preprocessing and un-normalisation; transformers' is the model call alone"}
+        fast = FastSampler(policy.pi0)
+        variants = {
+            "transformers": lambda: policy.pi0.sample_actions(**inputs, noise=noise, num_steps=steps),
+            "fast": lambda: fast.sample(inputs, noise, steps),
+            "ours": lambda: policy.predict([sample], num_steps=steps),
+        }
+        reference = variants["transformers"]()
+        max_diff = float((fast.sample(inputs, noise, steps) - reference).abs().max())
+        if compile:
+            compiled = copy.copy(policy)  # same modules, its own sampler settings
+            compiled.configure_inference(compile=True)
+            t0 = time.perf_counter()
+            compiled.predict([sample], num_steps=steps)
+            compile_s = time.perf_counter() - t0
+            variants["compiled"] = lambda: compiled.predict([sample], num_steps=steps)
+        times = {name: [] for name in variants}
+        with torch.no_grad():
+            for round_ in range(warmup + repeats):  # interleaved: load hits every variant alike
+                for name, fn in variants.items():
+                    sync()
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    if round_ >= warmup:
+                        times[name].append((time.perf_counter() - t0) * 1e3)
+    ms = {name: np.array(t) for name, t in times.items()}
+    spread = {name: {"p50": round(float(np.percentile(t, 50)), 2), "p99": round(float(np.percentile(t, 99)), 2)}
+              for name, t in ms.items()}
+    base = float(np.median(ms["transformers"]))
+    result = {"preset": preset, "device": str(device), "dtype": str(policy.dtype), "steps": steps,
+              "repeats": repeats, "cameras": "3 x 640x480 (letterboxed to 224)", "latency_ms": spread,
+              "speedup_p50_vs_transformers": {name: round(base / float(np.median(t)), 3)
+                                              for name, t in ms.items() if name != "transformers"},
+              "fast_vs_transformers_max_abs_diff": max_diff,
+              "note": "transformers and fast: model call on processed tensors; ours and compiled: uint8 images in, "
+                      "absolute joint targets out (processor + sampler + un-normalisation)"}
+    if compile:
+        result["compile_seconds"] = round(compile_s, 1)
+    return result
 
 
 def main() -> None:
@@ -106,14 +124,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd denoising loop "
+                                                                "(compiles first: ~100 s on 2 CPU cores)")
     parser.add_argument("--seconds", type=float, default=None, help="(ignored; accepted like the other benches)")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
-    result = run(args.preset, args.repeats, args.warmup, args.steps)
+    result = run(args.preset, args.repeats, args.warmup, args.steps, args.compile)
     print(f"chunk inference, {result['preset']} on {result['device']} ({result['dtype']}), {args.steps} steps:")
-    print(f"  ours p50/p99 {result['ours_ms']['p50']:.1f}/{result['ours_ms']['p99']:.1f} ms   "
-          f"transformers sample_actions p50/p99 {result['transformers_sample_actions_ms']['p50']:.1f}/"
-          f"{result['transformers_sample_actions_ms']['p99']:.1f} ms   speed-up {result['speedup_p50']:.2f}x")
+    for name, t in result["latency_ms"].items():
+        ratio = result["speedup_p50_vs_transformers"].get(name)
+        print(f"  {name:13s} p50 {t['p50']:7.1f} ms  p99 {t['p99']:7.1f} ms" + (f"  {ratio:.2f}x" if ratio else ""))
+    print(f"  fast vs transformers: max |difference| {result['fast_vs_transformers_max_abs_diff']:.2e}")
     print(f"written: {write_results('inference', result, args.results_dir)}")
 
 

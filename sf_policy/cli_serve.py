@@ -36,6 +36,12 @@ def serve_cmd(
     max_payload_mb: float = typer.Option(16.0, help="Largest request body / websocket frame, MiB (413 above)."),
     max_queue: int = typer.Option(8, help="Requests allowed to wait for the model; more get 503."),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One inference before accepting requests."),
+    sampler: str = typer.Option("fast", help="fast (prefix once, static KV buffers) or transformers "
+                                             "(sample_actions as shipped)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the denoising loop during "
+                                                                      "warm-up."),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="On a GPU, replay the denoising "
+                                                                              "steps as one CUDA graph."),
     ssl_certfile: Optional[Path] = typer.Option(None, help="Serve https/wss with this certificate (PEM)."),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="... and this private key (PEM)."),
     log_level: str = typer.Option("info", help="uvicorn log level: debug, info, warning, error."),
@@ -60,16 +66,12 @@ def serve_cmd(
         raise typer.Exit(2)
 
     def load():
-        import torch
+        from .runtime.inference import load_for_inference
 
-        from .train.checkpoint import load_policy
-
-        target = device
-        if target == "auto":
-            target = "cuda" if torch.cuda.is_available() else "cpu"
-        chosen = dtype or ("bfloat16" if target.startswith("cuda") else "float32")
-        policy = load_policy(checkpoint, dtype=chosen).to(target).eval()
-        console.print(f"loaded {info['id']} ({info['fingerprint'][:19]}...) on {target} in {chosen}")
+        policy = load_for_inference(checkpoint, device=device, dtype=dtype, sampler=sampler, compile=compile,
+                                    cuda_graph=cuda_graph)
+        console.print(f"loaded {info['id']} ({info['fingerprint'][:19]}...) on {policy.device} in "
+                      f"{str(policy.dtype).removeprefix('torch.')}, {sampler} sampler")
         return policy
 
     app = create_app(load, token=token, max_payload_bytes=int(max_payload_mb * 2**20), metadata={"checkpoint": info},

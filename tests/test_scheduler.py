@@ -386,3 +386,62 @@ def test_a_real_tiny_policy_drives_the_scheduler_and_the_filter(tmp_path):
         assert len(sent) == 7 and np.isfinite(sent).all()
     finally:
         assert sched.stop(WAIT)
+
+
+@pytest.mark.parametrize("on_error", ["hold", "continue"])
+def test_a_nan_chunk_stops_the_plan_at_once_unless_told_to_continue(rigs, on_error):
+    calls = {"n": 0}
+
+    def second_is_nan(obs):
+        calls["n"] += 1
+        chunk = on_trajectory(obs)
+        if calls["n"] == 2:
+            chunk[-1, 0] = np.nan  # far in the future, beyond execute_steps: still distrusted
+        return chunk
+
+    # replace: after a hold, blending would (rightly) fade from the held command; exactness is easier
+    rig = rigs(second_is_nan, latency=2, execute_steps=25, refill_at=15, on_error=on_error, mode="replace")
+    actions, error_tick = [], None
+    for k in range(60):
+        actions.append(rig.step(k))
+        if error_tick is None and rig.sched.stats().errors:
+            error_tick = k
+    assert error_tick is not None and rig.sched.stats().errors == 1
+    if on_error == "hold":
+        assert actions[error_tick] is None  # the previous plan had steps left: not used
+    else:
+        np.testing.assert_allclose(actions[error_tick], trajectory([error_tick])[0], atol=1e-12)
+    # either way the next observation is inferred at once and commands resume on the reference
+    resumed = [k for k in range(error_tick, 60) if actions[k] is not None]
+    assert resumed and resumed[0] <= error_tick + 3
+    np.testing.assert_allclose(np.array(actions[resumed[0]:]), trajectory(np.arange(resumed[0], 60)), atol=1e-9)
+
+
+def test_adaptive_horizon_executes_late_chunks_in_time_instead_of_dropping_them(rigs):
+    """A model slower than the execution horizon (20 ticks vs 15): the fixed scheduler drops
+    every chunk; the adaptive one executes each from its first un-elapsed step."""
+    fixed = rigs(latency=20, execute_steps=15, refill_at=5)
+    adaptive = rigs(latency=20, execute_steps=15, refill_at=5, adaptive=True, mode="replace")
+    fixed_actions, adaptive_actions = fixed.run(200), adaptive.run(200)
+    assert all(a is None for a in fixed_actions) and fixed.sched.stats().late_chunks > 0
+    stats = adaptive.sched.stats()
+    assert stats.late_chunks == 0 and stats.chunks >= 8
+    assert stats.refill_at == 15  # ceil(20) + 2 = 22 ticks wanted, capped at execute_steps
+    executed = [k for k, a in enumerate(adaptive_actions) if a is not None]
+    assert len(executed) >= 0.6 * (200 - 20)
+    # time-correct: the command at tick k is the reference at tick k, late or not
+    np.testing.assert_allclose(np.array([adaptive_actions[k] for k in executed]), trajectory(executed), atol=1e-9)
+
+
+def test_adaptive_refill_asks_earlier_for_a_slow_model(rigs):
+    rig = rigs(latency=12, execute_steps=40, refill_at=5, adaptive=True)
+    actions = rig.run(240)
+    stats = rig.sched.stats()
+    assert stats.refill_at == 14  # 12 ticks of latency + 2 ticks of margin
+    assert stats.starved == 0 and stats.late_chunks == 0
+    np.testing.assert_allclose(np.array(actions[12:]), trajectory(np.arange(12, 240)), atol=1e-12)
+
+
+def test_scheduler_rejects_an_unknown_error_policy():
+    with pytest.raises(ValueError, match="on_error must be one of hold, continue"):
+        ChunkScheduler(on_trajectory, on_error="retry")

@@ -8,8 +8,11 @@ The model is used as transformers ships it (no fork). What this module adds:
   to the chunk steps inside the episode. The model's own ``loss`` averages over all 32 padded
   dims and every step, so we pass ``noise`` and ``timestep`` explicitly, take its predicted
   velocity (``logits``) and compare it with ``noise − actions`` ourselves.
-* ``Policy.sample``: 10 Euler steps (``sample_actions``, prefix KV cache computed once), then
-  unnormalised and converted back to absolute joint targets [B, 50, 14].
+* ``Policy.sample``: 10 Euler steps, then unnormalised and converted back to absolute joint
+  targets [B, 50, 14]. By default through ``sampling.FastSampler`` (the same integration as
+  ``sample_actions``, equal results, with the step-invariant work done once and optionally
+  compiled / CUDA-graph captured); ``configure_inference(sampler="transformers")`` calls
+  ``sample_actions`` itself.
 
 For Spatial Forcing the lead hooks ``policy.pi0.model.vlm.language_model.layers[k - 1]``; one
 ``Policy.loss`` call runs the VLM once, so the hook sees the visual tokens of that step.
@@ -32,6 +35,7 @@ from sf_policy.embodiment import STATE_DIM
 from sf_policy.model.actions import check_representation
 from sf_policy.model.normalize import Normalizer
 from sf_policy.model.processor import MODEL_INPUTS, PolicyProcessor, ProcessorConfig, check_fields
+from sf_policy.model.sampling import FastSampler
 from sf_policy.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 #: LoRA goes on every attention and MLP projection of the VLM's Gemma (2B) and of the action
@@ -42,6 +46,7 @@ DEFAULT_LORA_TARGETS = (r"model\.(vlm\.language_model|dit)\.layers\.\d+\."
                         r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)")
 #: Small, freshly adapted heads that stay fully trainable next to the LoRA weights.
 DEFAULT_TRAINABLE_MODULES: tuple[str, ...] = ("embed_action_time", "action_out_proj")
+SAMPLERS = ("fast", "transformers")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORMALIZER_FILE = "normalizer.json"
 POLICY_FILE = "policy.json"
@@ -235,6 +240,15 @@ class Policy(nn.Module):
         self.processor = processor
         self.config = config or PolicyConfig(representation=processor.config.representation)
         _check_compatible(unwrap(model).config, processor)
+        self.configure_inference()
+
+    def configure_inference(self, sampler: str = "fast", compile: bool = False, cuda_graph: bool = True) -> None:
+        """How ``sample`` integrates: ``fast`` (``FastSampler``; ``compile`` / ``cuda_graph`` as
+        there) or ``transformers`` (``sample_actions`` as shipped, the reference)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        self._inference = {"sampler": sampler, "compile": compile, "cuda_graph": cuda_graph}
+        self._fast_sampler = None  # built on first use, for the model as it is then
 
     @classmethod
     def build(cls, config: PolicyConfig, stats: Mapping | None = None, normalizer: Normalizer | None = None,
@@ -325,14 +339,20 @@ class Policy(nn.Module):
         """Absolute joint targets [B, chunk, 14] (float32, rad / m) for a processed batch."""
         inputs = self._inputs(batch)
         size = inputs["state"].shape[0]
-        noise = self.noise_like(size, generator) if noise is None else noise.to(self.device)
-        model_actions = self.pi0.sample_actions(**inputs, noise=noise.to(self.dtype), num_steps=num_steps)
+        noise = (self.noise_like(size, generator) if noise is None else noise.to(self.device)).to(self.dtype)
+        if self._inference["sampler"] == "transformers":
+            model_actions = self.pi0.sample_actions(**inputs, noise=noise, num_steps=num_steps)
+        else:
+            if self._fast_sampler is None or self._fast_sampler.pi0 is not self.pi0:
+                self._fast_sampler = FastSampler(self.pi0, cuda_graph=self._inference["cuda_graph"],
+                                                 compile=self._inference["compile"])
+            model_actions = self._fast_sampler.sample(inputs, noise, num_steps)
         return self.processor.postprocess(model_actions, batch["raw_state"].to(self.device))
 
     def predict(self, samples: Sequence[Mapping], num_steps: int = 10,
                 generator: torch.Generator | None = None) -> np.ndarray:
         """Robot samples (images, state, prompt) → absolute action chunks [B, chunk, 14] as numpy."""
-        return self.sample(self.processor(samples), num_steps, generator).cpu().numpy()
+        return self.sample(self.processor(samples, device=self.device), num_steps, generator).cpu().numpy()
 
     def _inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [k for k in MODEL_INPUTS if k not in batch]

@@ -119,7 +119,9 @@ class PolicyProcessor:
 
     # -- the batch
 
-    def __call__(self, samples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+    def __call__(self, samples: Sequence[Mapping], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Samples → a batch. ``device``: where the images are resized and the batch ends up
+        (deployment passes the model's GPU: the uint8 images travel, not float copies)."""
         if isinstance(samples, Mapping):
             raise TypeError("PolicyProcessor takes a list of samples; wrap a single sample in a list")
         if len(samples) == 0:
@@ -128,12 +130,14 @@ class PolicyProcessor:
         if any(with_actions) and not all(with_actions):
             raise ValueError("either every sample or none has 'actions' (samples "
                              f"{[i for i, w in enumerate(with_actions) if not w]} have none)")
-        rows = [self._sample(i, s) for i, s in enumerate(samples)]
-        batch = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
-        batch["pixel_attention_mask"] = torch.ones(len(rows), len(self.config.camera_roles), dtype=torch.bool)
+        rows = [self._sample(i, s, device) for i, s in enumerate(samples)]
+        batch = {key: torch.stack([r[key].to(device) if device is not None else r[key] for r in rows])
+                 for key in rows[0]}
+        batch["pixel_attention_mask"] = torch.ones(len(rows), len(self.config.camera_roles), dtype=torch.bool,
+                                                   device=device)
         return batch
 
-    def _sample(self, index: int, sample: Mapping) -> dict[str, torch.Tensor]:
+    def _sample(self, index: int, sample: Mapping, device=None) -> dict[str, torch.Tensor]:
         where = f"sample {index}"
         unknown = set(sample) - set(SAMPLE_KEYS)
         if unknown:
@@ -142,7 +146,7 @@ class PolicyProcessor:
         for key in ("images", "state", "prompt"):
             if key not in sample:
                 raise ValueError(f"{where}: missing field {key!r}")
-        pixels, present, boxes = self.images(sample["images"], where)
+        pixels, present, boxes = self.images(sample["images"], where, device)
         ids, text_mask = self.tokenize(sample["prompt"], where)
         cfg = self.config
         image_mask = present.repeat_interleave(cfg.tokens_per_camera).long()
@@ -162,7 +166,7 @@ class PolicyProcessor:
 
     # -- pieces
 
-    def images(self, images: Mapping, where: str = "sample") -> tuple[torch.Tensor, torch.Tensor, list]:
+    def images(self, images: Mapping, where: str = "sample", device=None) -> tuple[torch.Tensor, torch.Tensor, list]:
         """{role: uint8 HxWx3 | None} → pixels [n_cams, 3, S, S] in [−1, 1], present [n_cams], boxes."""
         if not isinstance(images, Mapping):
             raise TypeError(f"{where}: images must be a dict {{role: HxWx3 uint8 array or None}}, "
@@ -176,17 +180,17 @@ class PolicyProcessor:
             image = images.get(role)
             if image is None:
                 size = self.config.image_size
-                pixels.append(torch.full((3, size, size), -1.0))
+                pixels.append(torch.full((3, size, size), -1.0, device=device))
                 present.append(False)
                 boxes.append(None)
             else:
-                canvas, box = self.letterbox(image, f"{where}: images[{role!r}]")
+                canvas, box = self.letterbox(image, f"{where}: images[{role!r}]", device)
                 pixels.append(canvas)
                 present.append(True)
                 boxes.append(box)
         return torch.stack(pixels), torch.tensor(present), boxes
 
-    def letterbox(self, image: np.ndarray, field: str = "image") -> tuple[torch.Tensor, PatchBox]:
+    def letterbox(self, image: np.ndarray, field: str = "image", device=None) -> tuple[torch.Tensor, PatchBox]:
         """uint8 HxWx3 → [3, S, S] float in [−1, 1] (black padding = −1) and its valid PatchBox."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
@@ -197,10 +201,10 @@ class PolicyProcessor:
             raise ValueError(f"{field}: expected HxWx3 uint8, got an empty image {image.shape}")
         size = self.config.image_size
         _, new_h, new_w, top, left, box = letterbox_geometry(height, width, size, self.config.patch_size)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
         if (new_h, new_w) != (height, width):
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        canvas = torch.zeros(3, size, size)
+        canvas = torch.zeros(3, size, size, device=x.device)
         canvas[:, top:top + new_h, left:left + new_w] = x[0].clamp_(0.0, 1.0)
         return canvas * 2.0 - 1.0, box
 

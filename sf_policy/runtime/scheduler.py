@@ -16,6 +16,16 @@ every replan, the jerky motion users complain about. Here:
 * the new chunk is merged into what is left of the plan: ``"blend"`` cross-fades linearly
   from the old plan to the new one over ``blend_steps`` ticks (continuous: the first merged
   step moves only 1/(blend_steps+1) of the way), ``"replace"`` switches at once;
+* ``adaptive=True`` sizes both to the measured latency instead: the next chunk is requested
+  when fewer than ``latency_p90 / period + 2`` steps are left (at least ``refill_at``), and a
+  chunk that arrives later than ``execute_steps`` ticks is still executed from its first
+  un-elapsed step for that many steps (up to its full length) instead of being dropped, so a
+  slow model (a CPU, a remote GPU over Wi-Fi) moves the arm in time-correct steps rather
+  than not at all;
+* a failed inference (an exception, a wrong shape, a NaN/inf anywhere in the chunk) makes
+  the plan stop at once when ``on_error="hold"`` (default: a model that produced garbage
+  once is not trusted with the rest of its previous plan either) or lets the previous plan
+  run out (``"continue"``); either way the next observation is inferred again;
 * ``tick(now)`` returns the command of this tick, or ``None`` when there is none (before the
   first chunk, or the plan ran out): the node then publishes nothing and the arm holds.
 
@@ -41,6 +51,9 @@ from .clock import Clock, TickGrid, monotonic
 log = logging.getLogger(__name__)
 
 MODES = ("blend", "replace")
+ON_ERROR = ("hold", "continue")
+#: adaptive refill: ask when fewer than latency_p90 / period + this many steps are left
+ADAPTIVE_MARGIN_TICKS = 2
 #: Inference latencies kept for the p50/p99 statistics.
 LATENCY_WINDOW = 1000
 
@@ -68,6 +81,7 @@ class SchedulerStats:
     chunk_age_ticks: int | None = None  # ticks since the observation of the newest merged chunk
     remaining: int = 0           # planned steps after the last tick
     in_flight: bool = False
+    refill_at: int = 0           # the refill threshold in use (adapts to latency when adaptive)
 
 
 @dataclass(frozen=True)
@@ -140,10 +154,12 @@ class ChunkScheduler:
     """
 
     def __init__(self, infer: Infer, *, period: float = 1.0 / 30.0, execute_steps: int = 25,
-                 refill_at: int = 15, mode: str = "blend", blend_steps: int = 10, clock: Clock = monotonic,
-                 name: str = "chunk-scheduler"):
+                 refill_at: int = 15, mode: str = "blend", blend_steps: int = 10, adaptive: bool = False,
+                 on_error: str = "hold", clock: Clock = monotonic, name: str = "chunk-scheduler"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
         if execute_steps < 1:
             raise ValueError(f"execute_steps must be at least 1, got {execute_steps}")
         if not 1 <= refill_at <= execute_steps:
@@ -155,6 +171,7 @@ class ChunkScheduler:
         TickGrid(self.period)  # validates the period
         self.execute_steps, self.refill_at = int(execute_steps), int(refill_at)
         self.mode, self.blend_steps = mode, int(blend_steps)
+        self.adaptive, self.on_error = bool(adaptive), on_error
         self.clock = clock
         self.name = name
         self.grid: TickGrid | None = None
@@ -278,6 +295,20 @@ class ChunkScheduler:
         self._last_action = action
         return action.copy()
 
+    def _refill_threshold(self) -> int:
+        """Request the next chunk when fewer steps than this are left."""
+        if not self.adaptive:
+            return self.refill_at
+        with self._cond:
+            latencies = np.asarray(self._latencies, dtype=np.float64)
+        return self._refill_for(latencies)
+
+    def _refill_for(self, latencies: np.ndarray) -> int:
+        if not self.adaptive or not len(latencies):
+            return self.refill_at
+        need = int(np.ceil(np.percentile(latencies, 90) / self.period - 1e-6)) + ADAPTIVE_MARGIN_TICKS
+        return min(max(self.refill_at, need), self.execute_steps)
+
     def _plan_end(self) -> int:
         return self._plan_start + (0 if self._plan is None else len(self._plan))
 
@@ -298,10 +329,15 @@ class ChunkScheduler:
             if result.error:
                 self._counts["errors"] += 1
                 self._last_error = result.error
-                return
+        if result.error:
+            if self.on_error == "hold":  # the arm holds its last command; the fade restarts from it
+                self._plan, self._plan_start = None, 0
+            return
         chunk = result.chunk
-        horizon = min(self.execute_steps, len(chunk))
         skip = max(k - result.obs_tick, 0)
+        horizon = min(self.execute_steps, len(chunk))
+        if self.adaptive:  # late: still run time-correct steps, as many as execute_steps
+            horizon = min(len(chunk), max(horizon, skip + self.execute_steps))
         if skip >= horizon:
             with self._cond:
                 self._counts["late_chunks"] += 1
@@ -344,7 +380,7 @@ class ChunkScheduler:
 
     def _maybe_request(self, k: int) -> None:
         remaining = self._plan_end() - (k + 1) if self._plan is not None else 0
-        if remaining >= self.refill_at:
+        if remaining >= self._refill_threshold():
             return
         with self._cond:
             if self._busy or self._result is not None or self._observation is None:
@@ -419,4 +455,4 @@ class ChunkScheduler:
                 requests=c["requests"], chunks=c["chunks"], late_chunks=c["late_chunks"], errors=c["errors"],
                 last_error=self._last_error, skipped_steps=c["skipped_steps"], last_skip=self._last_skip,
                 latency_p50_s=p50, latency_p99_s=p99, latency_max_s=worst, chunk_age_ticks=self._chunk_age,
-                remaining=self._remaining, in_flight=self._busy)
+                remaining=self._remaining, in_flight=self._busy, refill_at=self._refill_for(lat))

@@ -38,7 +38,8 @@ from .recorder import image_qos
 DRY_RUN_PREFIX = "/policy/dry_run"
 
 
-def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device: str):
+def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device: str, *, dtype: str = "",
+               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True):
     """The model boundary: ``infer(sample) -> chunk [H, 14]`` from a checkpoint or a server."""
     if remote:
         from sf_policy.serve.client import PolicyClient
@@ -47,14 +48,10 @@ def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device:
         return lambda sample: client.infer(sample)
     if not checkpoint:
         raise ValueError("parameter checkpoint: set a trained checkpoint directory (or remote:=<server url>)")
-    import torch
+    from sf_policy.runtime.inference import load_for_inference
 
-    from sf_policy.train.checkpoint import load_policy
-
-    policy = load_policy(checkpoint)
-    if device != "cpu" and torch.cuda.is_available():
-        policy = policy.to("cuda")
-    policy.eval()
+    policy = load_for_inference(checkpoint, device=device, dtype=dtype or None, sampler=sampler, compile=compile,
+                                cuda_graph=cuda_graph)
     return policy_infer(policy, num_steps)
 
 
@@ -72,10 +69,16 @@ class PolicyNode(LifecycleNode):
         self.refill_at = int(p("refill_at", 15).value)
         self.mode = p("mode", "blend").value
         self.blend_steps = int(p("blend_steps", 10).value)
+        self.adaptive = bool(p("adaptive_horizon", True).value)
+        self.on_error = p("on_error", "hold").value
         self.max_obs_age = float(p("max_obs_age", 0.2).value)
         self.velocity_scale = float(p("velocity_scale", 0.5).value)
         self.dry_run = bool(p("dry_run", False).value)
         self.device = p("device", "auto").value
+        self.dtype = p("dtype", "").value  # "": bfloat16 on a GPU, float32 on CPU
+        self.sampler = p("sampler", "fast").value
+        self.compile = bool(p("compile", False).value)
+        self.cuda_graph = bool(p("cuda_graph", True).value)
         self.cameras = [c for c in p("cameras", list(topics.CAMERA_ROLES)).value if c]
         self.image_reliability = p("image_reliability", "best_effort").value
         self.autostart = bool(p("autostart", False).value)
@@ -118,9 +121,12 @@ class PolicyNode(LifecycleNode):
     # --- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.num_steps, self.device)
+            infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.num_steps, self.device,
+                                              dtype=self.dtype, sampler=self.sampler, compile=self.compile,
+                                              cuda_graph=self.cuda_graph)
             self.scheduler = ChunkScheduler(infer, period=1.0 / self.rate, execute_steps=self.execute_steps,
-                                            refill_at=self.refill_at, mode=self.mode, blend_steps=self.blend_steps)
+                                            refill_at=self.refill_at, mode=self.mode, blend_steps=self.blend_steps,
+                                            adaptive=self.adaptive, on_error=self.on_error)
             infer(self._warmup_sample())  # the first call compiles / allocates: not on the control path
         except Exception as exc:  # noqa: BLE001 - any loading error fails the transition, named
             self.get_logger().error(f"configure failed: {exc}")
