@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing (idempotent), then runs `sf demo` end to end
-# on this machine (simulated arms at the CAN level, test-video cameras, real ROS 2 on loopback).
+# The main job: installs what is missing (idempotent), then runs `sf demo`: the whole loop on
+# this machine's CPU (record the MuJoCo twin through ROS 2 on loopback -> train tiny SF and
+# baseline policies -> closed-loop evaluation in the twin -> replay report). README says more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -40,6 +40,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   if ((ROS_FROM_SYSTEM)); then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
 fi
 
+# With a system ROS, `ros2` runs under /usr/bin/python3, which cannot import sf_policy from the
+# venv that `ros2 launch sf_bringup ...` needs: the venv gets a `ros2` running the same CLI
+# under its own Python (docker/ros2-venv.sh says more).
+if ((ROS_FROM_SYSTEM)) && [ ! -x "$VENV/bin/ros2" ]; then
+  install -m 755 docker/ros2-venv.sh "$VENV/bin/ros2"
+fi
+
 stamp="$VENV/.sf-installed"
 want=$(cat requirements/*.txt pyproject.toml ros2_ws/src/*/setup.py 2>/dev/null | sha256sum | cut -c1-16)-ros$ROS_FROM_SYSTEM
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

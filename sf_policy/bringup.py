@@ -258,3 +258,15 @@ def policy_nodes(task: str, *, sim: bool = False, checkpoint: str | None = None,
         graph = driver_nodes(share, mode="follow", robot_config=robot_config,
                              camera_config=camera_config or config.get("camera_config") or None)
     return [*graph, node]
+
+
+def bag_player_node(bags: str | Path | list[str | Path], *, rate: float = 1.0, loop: bool = False,
+                    topics: tuple[str, ...] = (), restamp: bool = True, start_paused: bool = False) -> NodeSpec:
+    """The bag player (docs/eval_replay.md): recorded bags onto the live topics, in place of the
+    drivers, so any other plan's nodes can run against a recording."""
+    paths = [str(bags)] if isinstance(bags, (str, Path)) else [str(b) for b in bags]
+    params: dict[str, Any] = {"bag": paths[0] if len(paths) == 1 else paths, "rate": float(rate), "loop": loop,
+                              "restamp": restamp, "start_paused": start_paused}
+    if topics:
+        params["topics"] = list(topics)
+    return NodeSpec("bag_player", "bag_player", params)

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_calibrate import app as calibrate_app
 from .cli_dataset import app as dataset_app
 from .cli_eval import app as eval_app
 from .cli_serve import serve_cmd
@@ -29,6 +30,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(calibrate_app, name="calibrate")
 app.command("serve")(serve_cmd)
 console = Console()
 
@@ -74,37 +76,71 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("outputs/demo"), help="Where the report and logs go."),
-    task: str = typer.Option("lift_pot", help="Twin task: lift_pot, place_block, grasp_vegetable, stack_cups."),
-    episodes: int = typer.Option(3, help="Episodes the scripted operator runs (seeds seed, seed+1, ...)."),
-    seed: int = typer.Option(0, help="First episode's seed."),
+    out: Path = typer.Option(Path("outputs/demo"), help="Where every artifact, report and log goes."),
+    task: str = typer.Option("grasp_vegetable", help="Twin task: grasp_vegetable, lift_pot, place_block, stack_cups."),
+    episodes: int = typer.Option(8, help="Demonstrations the scripted operator records (seeds seed, seed+1, ...)."),
+    seed: int = typer.Option(0, help="First recorded episode's seed."),
+    until: str = typer.Option("replay", help="Last stage: record, train, eval or replay (the whole loop)."),
+    train_steps: int = typer.Option(600, help="Training steps of each tiny policy (SF and baseline)."),
+    eval_episodes: int = typer.Option(5, help="Closed-loop episodes per checkpoint, on scenes never recorded."),
+    eval_seed: int = typer.Option(1000, help="First evaluation scene's seed."),
     drivers: bool = typer.Option(False, "--drivers", help="Instead: the driver graph on CAN-level simulated arms."),
     record: bool = typer.Option(True, "--record/--no-record",
-                                help="Record the episodes into a LeRobot dataset (OUT/dataset) through the recorder."),
+                                help="--no-record: only the twin and its scripted operator over ROS (no dataset)."),
     measure_s: float = typer.Option(3.0, help="Seconds of rate measurement."),
     motion_s: float = typer.Option(4.0, help="--drivers: seconds of commanded motion."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the nodes' logs live."),
 ):
-    """End to end on this machine over ROS 2 (loopback): record the twin's scripted episodes into a dataset."""
+    """The whole loop on this machine: record the twin over ROS 2 → train tiny SF and baseline
+    policies → evaluate them closed-loop in the twin → replay report."""
     from . import demo as demo_mod
 
     if drivers:
         console.print("[bold]sf demo --drivers[/bold]: arm drivers on simulated Pipers (CAN level) + camera drivers "
                       "on test videos, checked over ROS 2")
         report = demo_mod.run_drivers(out, measure_s, motion_s, verbose, echo=console.print)
-    elif record:
-        console.print(f"[bold]sf demo[/bold]: recording {episodes} episodes of the MuJoCo twin ({task}, scripted "
-                      f"operator, seeds from {seed}) through the ROS graph into {out / 'dataset'}")
-        report = demo_mod.run_record(out, task, episodes, seed, measure_s, verbose, echo=console.print)
-    else:
+    elif not record:
         console.print(f"[bold]sf demo --no-record[/bold]: the MuJoCo twin ({task}) with its scripted operator "
                       f"through the ROS graph, {episodes} episodes from seed {seed}")
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
+    else:
+        _demo_loop(out, task, episodes, seed, until, train_steps, eval_episodes, eval_seed, verbose)
+        return
     _print_report(report)
-    if "dataset" in report:
-        _print_dataset(report["dataset"])
     console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
     checks = report.get("checks", {})
+    raise typer.Exit(0 if checks and all(checks.values()) else 1)
+
+
+def _demo_loop(out: Path, task: str, episodes: int, seed: int, until: str, train_steps: int, eval_episodes: int,
+               eval_seed: int, verbose: bool) -> None:
+    from .pipeline import STAGES, LoopSettings, run_loop
+
+    try:
+        settings = LoopSettings(task=task, episodes=episodes, seed=seed, train_steps=train_steps,
+                                eval_episodes=eval_episodes, eval_seed=eval_seed, until=until)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc))
+    stages = " → ".join(STAGES[:STAGES.index(until) + 1])
+    console.print(f"[bold]sf demo[/bold]: {task}, {episodes} demonstrations from seed {seed}: {stages}, into {out}")
+    summary = run_loop(out, settings, verbose=verbose, echo=console.print)
+    if "record" in summary:
+        _print_report(summary["record"])
+        _print_dataset(summary["record"]["dataset"])
+    if "eval" in summary:
+        from rich.markdown import Markdown
+
+        console.print(Markdown((out / "eval" / "results.md").read_text()))
+    table = Table(title="stages")
+    for column in ("stage", "seconds", "result"):
+        table.add_column(column)
+    for name, stage in summary["stages"].items():
+        table.add_row(name, f"{stage['seconds']:.0f}", "ok" if stage["ok"] else f"[red]{stage.get('error', '')}[/red]")
+    console.print(table)
+    for name, path in summary["artifacts"].items():
+        console.print(f"  {name:16s} {path}")
+    console.print(f"summary: {out / 'loop.json'}   logs: {out / 'record' / 'launch.log'}")
+    checks = summary["checks"]
     raise typer.Exit(0 if checks and all(checks.values()) else 1)
 
 

@@ -1,7 +1,11 @@
-"""``sf eval``: evaluate trained checkpoints (docs/eval_depth_probe.md).
+"""``sf eval``: evaluate trained checkpoints (docs/eval_depth_probe.md, docs/eval_sim.md).
+
+  sf eval sim -c outputs/train/tiny_sf -c outputs/train/tiny_baseline --task lift_pot --episodes 20
 
   sf eval depth-probe outputs/train/pi0_sf outputs/train/pi0_baseline --task lift_pot --episodes 6
   sf eval depth-probe CKPT --layer 12 --steps 300 --out outputs/depth_probe --device cuda
+  sf eval replay --checkpoint outputs/train/pi0_sf --dataset data/lift_pot --every 5   (docs/eval_replay.md)
+  sf eval replay --checkpoint CKPT --bag bags/ep_0 --bag bags/ep_1 --max-frames 40
 
 A checkpoint is a checkpoint directory (``.../checkpoints/step_N``) or a run directory (its
 latest checkpoint).
@@ -66,6 +70,99 @@ def depth_probe_cmd(
     _print_report(report)
     console.print(f"report: {out / 'depth_probe.json'}   figures: {out / 'depth_probe_examples.png'}, "
                   f"{out / 'depth_probe_metrics.png'}")
+
+
+@app.command("sim")
+def sim_cmd(
+    checkpoints: List[Path] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint or run directory; repeat "
+                                           "to compare (e.g. SF and baseline) on the same seeds."),
+    task: str = typer.Option("lift_pot", help="Twin task: lift_pot, place_block, grasp_vegetable, stack_cups."),
+    episodes: int = typer.Option(20, help="Seeded episodes per checkpoint (seeds seed, seed+1, ...)."),
+    seed: int = typer.Option(0, help="First episode's seed."),
+    label: Optional[List[str]] = typer.Option(None, help="A name per checkpoint for the table (default: its path)."),
+    out: Path = typer.Option(Path("outputs/eval/sim"), help="Where results.json/.md, success.png and videos go."),
+    video: bool = typer.Option(False, "--video/--no-video", help="Write an mp4 of the top camera per episode."),
+    latency_ticks: int = typer.Option(3, help="Control ticks (1/30 s) the model takes to answer, simulated."),
+    num_steps: int = typer.Option(10, help="Flow-matching steps per chunk."),
+    size: int = typer.Option(224, help="Rendered camera width and height (px)."),
+    expert: bool = typer.Option(True, "--expert/--no-expert", help="Add the scripted expert as a reference row."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+):
+    """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side."""
+    from .eval.sim import evaluate_checkpoints, results_table
+    from .sim.tasks import get_task
+
+    try:
+        get_task(task)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--task")
+    if episodes < 1 or latency_ticks < 0:
+        raise typer.BadParameter("--episodes must be at least 1 and --latency-ticks at least 0")
+    if label and len(label) != len(checkpoints):
+        raise typer.BadParameter(f"{len(label)} --label for {len(checkpoints)} --checkpoint", param_hint="--label")
+    for checkpoint in checkpoints:
+        if not checkpoint.exists():
+            raise typer.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
+    results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label, num_steps=num_steps,
+                                   device=device, latency_ticks=latency_ticks, width=size, height=size,
+                                   videos=video, expert=expert)
+    from rich.markdown import Markdown
+
+    console.print(Markdown(results_table(results)))
+    console.print(f"results: {out / 'results.md'}  {out / 'results.json'}  {out / 'success.png'}")
+
+
+@app.command("replay")
+def replay_cmd(
+    checkpoint: Path = typer.Option(..., help="Checkpoint or run directory (its latest checkpoint)."),
+    dataset: Optional[Path] = typer.Option(None, help="LeRobot v3 dataset directory to replay."),
+    bag: Optional[List[Path]] = typer.Option(None, help="Raw bag directory (repeat for several; one episode each)."),
+    out: Optional[Path] = typer.Option(None, help="Report directory (default outputs/eval/replay/<checkpoint>_on_"
+                                                  "<dataset or bag>)."),
+    episodes: Optional[List[int]] = typer.Option(None, help="Episode index to replay (repeat; default all). For "
+                                                           "bags: the position in the --bag list."),
+    every: int = typer.Option(1, help="Predict a chunk at one frame in this many."),
+    num_steps: int = typer.Option(10, help="Flow-matching denoising steps per chunk."),
+    max_frames: int = typer.Option(0, help="At most this many chunks per episode (0: no cap)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    seed: int = typer.Option(0, help="Noise seed (each chunk's noise depends on seed, episode and frame)."),
+):
+    """Run a policy open-loop over recorded episodes: per-joint error per horizon step, chunk-to-chunk
+    consistency, latency, and plots of predicted against recorded joints (report.html)."""
+    from .eval.replay import ReplayError, replay
+
+    if (dataset is None) == (not bag):
+        raise typer.BadParameter("give --dataset or --bag (not both)")
+    target = out or default_replay_dir(checkpoint, dataset, bag)
+    try:
+        result = replay(checkpoint, dataset=dataset, bags=bag, out=target, episodes=episodes or None, every=every,
+                        num_steps=num_steps, max_frames=max_frames or None, device=device, seed=seed)
+    except ReplayError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    _print_replay(result.metrics)
+    console.print(f"report: [bold]{result.report_path}[/bold]   (markdown {result.markdown_path}, "
+                  f"metrics {result.metrics_path})")
+
+
+def default_replay_dir(checkpoint: Path, dataset: Path | None, bags: list[Path] | None) -> Path:
+    """outputs/eval/replay/<checkpoint>_on_<data>: the run's name rather than "step_N" when it is one."""
+    ckpt = checkpoint.resolve()
+    name = ckpt.parents[1].name if ckpt.parent.name == "checkpoints" else ckpt.name
+    data = dataset.resolve().name if dataset is not None else bags[0].resolve().name
+    return Path("outputs/eval/replay") / f"{name}_on_{data}"
+
+
+def _print_replay(metrics: dict) -> None:
+    from .eval.report import summary_rows
+
+    table = Table(title=f"open-loop replay: {metrics['frames_evaluated']} chunks over {len(metrics['episodes'])} "
+                        f"episodes")
+    for column in ("metric", "policy", "hold-position baseline"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in summary_rows(metrics["summary"]):
+        table.add_row(*row)
+    console.print(table)
 
 
 def _print_report(report: dict) -> None:

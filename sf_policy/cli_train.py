@@ -1,6 +1,6 @@
 """``sf train``: Spatial Forcing training (docs/training.md).
 
-  sf train run tiny data.root=outputs/demo/dataset          # CPU, minutes
+  sf train run tiny data.root=outputs/demo/record/dataset          # CPU, minutes
   sf train cache-teacher pi0_sf data.root=... teacher.checkpoint=.../model.pt
   sf train run pi0_sf data.root=... policy.checkpoint=~/models/pi0_base
   sf train run pi0_sf data.root=... --resume outputs/train/pi0_sf

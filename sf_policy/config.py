@@ -146,6 +146,8 @@ class CameraConfig:
     compressed: bool = False  # also publish sensor_msgs/CompressedImage (JPEG)
     loop: bool = True         # opencv video file: start again at the end
     timeout_s: float = 1.0    # no frame for this long -> ERROR diagnostic and a reopen
+    intrinsics: str = ""      # calibration YAML (camera_calibration_parsers format) for CameraInfo;
+                              # absolute, resolved from a path relative to the cameras file
 
 
 def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
@@ -160,7 +162,7 @@ def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
             raise cams.error(str(role), f"unknown camera role; expected one of {', '.join(CAMERA_ROLES)}")
         f = _Fields(path, f"cameras.{role}", spec)
         f.reject_unknown({"backend", "serial", "device", "width", "height", "fps", "depth", "compressed",
-                          "loop", "timeout_s", "namespace"})
+                          "loop", "timeout_s", "namespace", "intrinsics"})
         backend = f.get("backend", str)
         if backend not in CAMERA_BACKENDS:
             raise f.error("backend", f"expected one of {', '.join(CAMERA_BACKENDS)}, got {backend!r}")
@@ -177,6 +179,7 @@ def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
             compressed=f.get("compressed", bool, False),
             loop=f.get("loop", bool, True),
             timeout_s=f.get("timeout_s", float, 1.0),
+            intrinsics=_intrinsics_path(f),
         )
         source_key, source = ("serial", cfg.serial) if backend == "realsense" else ("device", cfg.device)
         if not source:
@@ -193,6 +196,20 @@ def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
             raise f.error("timeout_s", f"must be positive, got {cfg.timeout_s}")
         result[role] = cfg
     return result
+
+
+def _intrinsics_path(f: _Fields) -> str:
+    """``intrinsics:`` of one camera, made absolute; a missing file fails here, at start-up."""
+    value = f.get("intrinsics", str, "")
+    if not value:
+        return ""
+    path = Path(value.removeprefix("file://")).expanduser()
+    if not path.is_absolute():  # relative to the cameras file, so a config folder moves as one
+        path = f.path.parent / path
+    if not path.is_file():
+        raise f.error("intrinsics", f"calibration file {str(path)!r} not found (write it with "
+                                    "`sf calibrate intrinsics`, or remove the field)")
+    return str(path)
 
 
 def camera_for_role(path: str | Path, role: str) -> CameraConfig:

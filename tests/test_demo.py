@@ -30,22 +30,52 @@ def test_sf_demo_end_to_end(tmp_path):
     assert "PASS" in result.stdout
 
 
-def test_sf_demo_records_the_twin_into_a_valid_dataset(tmp_path):
-    """The README's main command: the twin's scripted operator works the recorder through ROS."""
+def test_sf_demo_walks_the_whole_loop(tmp_path):
+    """The README's main command, scaled down: the twin's scripted operator works the recorder
+    through ROS → teacher cache → tiny SF and baseline → closed-loop eval → replay report."""
     from sf_policy.data.reader import DatasetReader
 
     sf = Path(sys.executable).parent / "sf"
-    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    result = subprocess.run([str(sf), "demo", "--task", "grasp_vegetable", "--episodes", "1", "--seed", "3",
-                             "--out", str(tmp_path), "--measure-s", "1"],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "launch.log").read_text()
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["episodes"][0]["success"] and report["dataset"]["episodes"] == 1
-    ds = DatasetReader(tmp_path / "dataset")
-    assert ds.num_episodes == 1 and "pick up the" in ds.episodes[0].tasks[0]
-    assert ds.num_frames > 100  # the whole scripted episode (~5 s at 30 Hz)
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "COLUMNS": "200"}
+    result = subprocess.run([str(sf), "demo", "--task", "grasp_vegetable", "--episodes", "2", "--seed", "3",
+                             "--train-steps", "3", "--eval-episodes", "1", "--eval-seed", "500", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900, env=env)
+    log = tmp_path / "record" / "launch.log"
+    assert result.returncode == 0, result.stdout + result.stderr + (log.read_text() if log.is_file() else "")
+    summary = json.loads((tmp_path / "loop.json").read_text())
+    assert summary["checks"] and all(summary["checks"].values()), summary["checks"]
+    assert list(summary["stages"]) == ["record", "train", "eval", "replay"]
+    # record: successful scripted episodes through the recorder, a valid dataset
+    assert all(e["success"] for e in summary["record"]["episodes"])
+    ds = DatasetReader(tmp_path / "record" / "dataset")
+    assert ds.num_episodes == 2 and "pick up the" in ds.episodes[0].tasks[0] and ds.num_frames > 200
+    # train: two checkpoints that differ only in alpha
+    artifacts = summary["artifacts"]
+    for key in ("checkpoint_sf", "checkpoint_baseline"):
+        assert (Path(artifacts[key]) / "policy" / "policy.json").is_file()
+    assert summary["train"]["sf"]["step"] == summary["train"]["baseline"]["step"] == 3
+    assert "align" in summary["train"]["sf"] and "align" not in summary["train"]["baseline"]
+    # eval: both checkpoints and the expert on the same unseen scene, in a table
+    labels = [r["label"] for r in summary["eval"]]
+    assert labels == ["SF (tiny, α=0.5)", "baseline (tiny, α=0)", "scripted expert (reference)"]
+    assert summary["eval"][2]["successes"] == 1
+    assert "95 % CI" in Path(artifacts["eval_table"]).read_text() and Path(artifacts["eval_plot"]).is_file()
+    # replay: a report on the held-out episode
+    assert Path(artifacts["replay_report"]).is_file() and Path(artifacts["replay_markdown"]).is_file()
+    assert "replay_report" in result.stdout and "loop.json" in result.stdout
+
+
+def test_sf_demo_until_record_stops_after_the_dataset(tmp_path):
+    sf = Path(sys.executable).parent / "sf"
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "COLUMNS": "300"}
+    result = subprocess.run([str(sf), "demo", "--until", "record", "--episodes", "1", "--seed", "3",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "loop.json").read_text())
+    assert list(summary["stages"]) == ["record"] and summary["record"]["dataset"]["episodes"] == 1
     assert "episodes 1" in result.stdout  # the dataset summary is printed
+    bad = subprocess.run([str(sf), "demo", "--until", "deploy"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "until must be one of record, train, eval, replay" in bad.stderr
 
 
 def test_sf_config_check_names_the_bad_field(tmp_path):

@@ -86,15 +86,27 @@ def test_gripper_stats_mode_warns_and_stays_finite_on_zero_std():
     x = np.zeros(14)
     x[GRIPPERS] = 0.07
     y = normalizer.normalize(x, STATE)
-    assert np.all(np.isfinite(y)) and np.allclose(y[GRIPPERS], 0.07)  # centred on 0, scale 1
+    assert np.all(np.isfinite(y)) and np.allclose(y[GRIPPERS], 7.0)  # centred on 0, degenerate scale 0.01
 
 
-def test_constant_joint_warns_and_is_only_centred():
+def test_constant_joint_warns_and_gets_a_small_finite_scale():
     stats = _stats()
     stats[STATE] = dict(stats[STATE], std=np.where(np.arange(14) == 2, 0.0, stats[STATE]["std"]))
     with pytest.warns(UserWarning, match=r"2 \(left_joint3\)"):
         normalizer = Normalizer(stats)
-    assert normalizer.scale[STATE][2] == 1.0
+    assert normalizer.scale[STATE][2] == 0.01
+    # an idle arm stays put when the model's output is off by 1 in normalised space...
+    y = normalizer.normalize(np.zeros((1, 14)), STATE)
+    y[0, 2] += 1.0
+    assert normalizer.unnormalize(y, STATE)[0, 2] == pytest.approx(0.01)
+    # ...and a deployed state 0.1 rad off its demonstrations is a finite input
+    x = stats[STATE]["mean"][None].copy()
+    x[0, 2] += 0.1
+    assert abs(normalizer.normalize(x, STATE)[0, 2]) == pytest.approx(10.0)
+    # a normaliser saved before the field existed loads with the scale it was trained with
+    old = normalizer.to_dict()
+    old.pop("degenerate_scale")
+    assert Normalizer.from_dict(old).scale[STATE][2] == 1.0
 
 
 def test_normalizer_json_round_trip_is_exact():

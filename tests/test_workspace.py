@@ -23,7 +23,7 @@ def colcon_install(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("colcon")
     result = subprocess.run(
         [str(VENV_BIN / "colcon"), "--log-base", str(base / "log"), "build", "--base-paths", "ros2_ws/src",
-         "--build-base", str(base / "build"), "--install-base", str(base / "install")],
+         "--build-base", str(base / "build"), "--install-base", str(base / "install"), "--symlink-install"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return base / "install"
@@ -42,6 +42,24 @@ def test_launch_files_and_configs_are_installed(colcon_install):
     assert (colcon_install / "sf_nodes" / index / "sf_nodes").is_file()
     for exe in ("piper_arm_driver", "camera_driver", "driver_monitor"):
         assert os.access(colcon_install / "sf_nodes" / "lib" / "sf_nodes" / exe, os.X_OK), exe
+
+
+@pytest.mark.colcon
+def test_symlinked_config_edits_reach_the_source_file(colcon_install, tmp_path):
+    """The documented build (--symlink-install): `sf calibrate` edits the installed config
+    through its link, i.e. the source file, so a rebuild cannot lose a calibration."""
+    from sf_policy.calibration.yaml_edit import update_checked
+
+    installed = colcon_install / "sf_bringup" / "share" / "sf_bringup" / "config" / "robot.yaml"
+    source = REPO / "ros2_ws" / "src" / "sf_bringup" / "config" / "robot.yaml"
+    assert installed.is_symlink() and installed.resolve() == source.resolve()
+    original = source.read_text()
+    try:
+        update_checked(installed, [(["limits", "gripper"], [0.0, 0.069])], lambda path: None)
+        assert installed.is_symlink() and "gripper: [0.0, 0.069]" in source.read_text()
+        assert source.read_text().startswith(original.splitlines()[0])  # comments kept
+    finally:
+        source.write_text(original)
 
 
 @pytest.mark.colcon

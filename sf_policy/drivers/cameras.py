@@ -57,6 +57,8 @@ class Intrinsics:
     cy: float
     distortion_model: str = "plumb_bob"       # ROS name: plumb_bob, equidistant, ...
     coefficients: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    #: 3x4 row-major projection matrix of the rectified image (CameraInfo.P); None: [K | 0].
+    projection: tuple[float, ...] | None = None
 
 
 @runtime_checkable

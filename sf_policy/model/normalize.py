@@ -16,8 +16,14 @@ What differs is where offset and scale come from:
   and makes the model's gripper output explode when unnormalised (openpi #405, #830).
   ``gripper_mode="stats"`` treats them like the joints instead.
 
-A dimension whose spread (std, or q99 − q01) is below ``min_spread`` is degenerate: it
-gets scale 1 (centred, not scaled) and a warning naming it, rather than a division by ~0.
+A dimension whose spread (std, or q99 − q01) is below ``min_spread`` is degenerate (an arm
+that never moves in the task's demonstrations): it is centred and gets ``degenerate_scale``
+(0.01, i.e. 0.6° for a joint) and a warning naming it. Neither extreme works: openpi's
+``std + 1e-6`` turns a 0.1 rad deviation of the state at run time into an input of 10⁵, and
+scale 1 (our first choice) lets an imperfect model's output noise of order 1 in normalised
+space move that idle arm by a radian — the tiny demo policy's idle left arm jittered by ±60°
+in the replay plots. With 0.01 a deviation of 0.1 rad is an input of 10 and an output error
+of 1 is 0.01 rad.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class Normalizer:
         eps: float = 1e-6,
         min_spread: float = 1e-4,
         keys: Sequence[str] = DEFAULT_KEYS,
+        degenerate_scale: float = 0.01,
     ):
         if mode not in NORM_MODES:
             raise ValueError(f"normalisation mode must be one of {NORM_MODES}, got {mode!r}")
@@ -75,6 +82,7 @@ class Normalizer:
         self.gripper_range = (low, high)
         self.eps = float(eps)
         self.min_spread = float(min_spread)
+        self.degenerate_scale = float(degenerate_scale)
         self.stats: dict[str, dict[str, np.ndarray]] = {}
         self.offset: dict[str, np.ndarray] = {}
         self.scale: dict[str, np.ndarray] = {}
@@ -102,8 +110,9 @@ class Normalizer:
         if degenerate:
             names = ", ".join(_dim_name(i, dim) for i in degenerate)
             warnings.warn(f"{key}: near-constant dimension(s) {names} (spread < {self.min_spread:g}) in the "
-                          f"{self.mode} statistics; they are only centred (scale 1), not scaled", stacklevel=3)
-            scale[degenerate] = 1.0
+                          f"{self.mode} statistics; they are centred and get scale {self.degenerate_scale:g}",
+                          stacklevel=3)
+            scale[degenerate] = self.degenerate_scale
         return offset.astype(np.float64), scale.astype(np.float64)
 
     # -- applying
@@ -143,6 +152,7 @@ class Normalizer:
             "gripper_range": list(self.gripper_range),
             "eps": self.eps,
             "min_spread": self.min_spread,
+            "degenerate_scale": self.degenerate_scale,
             "stats": {key: {name: value.tolist() for name, value in st.items()} for key, st in self.stats.items()},
         }
 
@@ -154,7 +164,9 @@ class Normalizer:
             warnings.simplefilter("ignore")
             return cls(data["stats"], mode=data["mode"], gripper_mode=data["gripper_mode"],
                        gripper_indices=data["gripper_indices"], gripper_range=tuple(data["gripper_range"]),
-                       eps=data["eps"], min_spread=data["min_spread"], keys=tuple(data["stats"]))
+                       eps=data["eps"], min_spread=data["min_spread"], keys=tuple(data["stats"]),
+                       # files written before the field existed used scale 1: load them as trained
+                       degenerate_scale=data.get("degenerate_scale", 1.0))
 
     def __repr__(self) -> str:
         return (f"Normalizer(mode={self.mode!r}, gripper_mode={self.gripper_mode!r}, "

@@ -20,7 +20,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -34,7 +34,7 @@ from rosbags.typesys import Stores, get_typestore
 from .. import topics
 from ..embodiment import arm_positions
 from .images import image_to_rgb, stamp_ns
-from .sync import ARM_STREAMS, FrameSync, frame_row
+from .sync import ARM_STREAMS, FrameSync, SyncedFrame, frame_row
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
@@ -470,36 +470,18 @@ def convert_bag(bag_paths: str | Path | Iterable[str | Path], dataset_root: str 
 
 
 def _convert_one(bag: Path, sink: _DatasetSink, task: str | None, progress: bool) -> BagConversion:
-    custom = bag_custom_data(bag) if (bag / "metadata.yaml").exists() else {}
-    prompt = task or custom.get(PROMPT_KEY, "")
-    if not prompt:
-        raise BagError(f"{bag}: the bag keeps no task prompt ({PROMPT_KEY}); give one with --task")
-    started = int(custom.get(STARTED_KEY, 0))
-    roles = sink.cameras
+    prompt = bag_prompt(bag, task)
     result = BagConversion(bag, prompt)
-    sync = FrameSync(cameras=roles, fps=sink.fps)
     episode = None
     skews: list[float] = []
     try:
-        with _open_reader(bag) as reader:
-            streams = _connections(bag, reader, recorder_streams(roles))
-            by_id = {conn.id: stream for stream, conn in streams.items()}
-            messages = reader.messages(connections=list(streams.values()))
-            total = sum(conn.msgcount for conn in streams.values())
-            for connection, received_ns, raw in _progress(messages, total, bag.name, progress):
-                result.messages += 1
-                _feed(sync, bag, by_id[connection.id], roles, connection, raw, received_ns)
-                # Exactly the live recorder's loop: poll after every message, keep the
-                # frames of the episode (the recorder skips those older than its start).
-                for frame in sync.poll(received_ns):
-                    if frame.stamp_ns < started:
-                        result.before_start += 1
-                        continue
-                    if episode is None:
-                        episode = sink.begin(bag, prompt, {r: frame.images[r].shape[:2] for r in roles})
-                    episode.add_frame(frame_row(frame), images=frame.images)
-                    skews.append(frame.camera_skew_ms)
-        result.frames, result.drops = len(skews), dict(sync.drops)
+        for frame in bag_frames(bag, sink.cameras, sink.fps, progress, result):
+            if episode is None:
+                roles = sink.cameras
+                episode = sink.begin(bag, prompt, {r: frame.images[r].shape[:2] for r in roles})
+            episode.add_frame(frame_row(frame), images=frame.images)
+            skews.append(frame.camera_skew_ms)
+        result.frames = len(skews)
         if skews:
             result.skew_ms_mean, result.skew_ms_max = float(np.mean(skews)), float(np.max(skews))
         if episode is not None:
@@ -509,6 +491,53 @@ def _convert_one(bag: Path, sink: _DatasetSink, task: str | None, progress: bool
     finally:
         if episode is not None:  # an error part way: leave the dataset as it was
             episode.discard()
+
+
+def bag_prompt(bag: str | Path, task: str | None = None) -> str:
+    """``task`` if given, else the prompt the recorder kept in the bag (an error naming the bag if none)."""
+    bag = Path(bag)
+    custom = bag_custom_data(bag) if (bag / "metadata.yaml").exists() else {}
+    prompt = task or custom.get(PROMPT_KEY, "")
+    if not prompt:
+        raise BagError(f"{bag}: the bag keeps no task prompt ({PROMPT_KEY}); give one with --task")
+    return prompt
+
+
+def bag_cameras(bag: str | Path) -> tuple[str, ...]:
+    """The camera roles whose image topic the bag holds, in CAMERA_ROLES order."""
+    with _open_reader(Path(bag)) as reader:
+        present = {c.topic for c in reader.connections if c.msgcount}
+    return tuple(role for role in topics.CAMERA_ROLES if topics.camera_image(role) in present)
+
+
+def bag_frames(bag: str | Path, cameras: Iterable[str], fps: float = 30, progress: bool = False,
+               result: BagConversion | None = None) -> Iterator[SyncedFrame]:
+    """The episode's frames of one bag, exactly as the live recorder made them: the bag is
+    replayed in receive-time order through ``FrameSync`` (receive time as "now", polled after
+    every message), and frames older than the episode's start are skipped as the recorder does.
+    ``result`` (optional) gets the message, drop and skipped-frame counts."""
+    bag = Path(bag)
+    custom = bag_custom_data(bag) if (bag / "metadata.yaml").exists() else {}
+    started = int(custom.get(STARTED_KEY, 0))
+    roles = tuple(cameras)
+    sync = FrameSync(cameras=roles, fps=fps)
+    with _open_reader(bag) as reader:
+        streams = _connections(bag, reader, recorder_streams(roles))
+        by_id = {conn.id: stream for stream, conn in streams.items()}
+        messages = reader.messages(connections=list(streams.values()))
+        total = sum(conn.msgcount for conn in streams.values())
+        for connection, received_ns, raw in _progress(messages, total, bag.name, progress):
+            if result is not None:
+                result.messages += 1
+            _feed(sync, bag, by_id[connection.id], roles, connection, raw, received_ns)
+            for frame in sync.poll(received_ns):
+                if frame.stamp_ns < started:
+                    if result is not None:
+                        result.before_start += 1
+                    continue
+                yield frame
+    if result is not None:
+        result.drops = dict(sync.drops)
 
 
 def _feed(sync: FrameSync, bag: Path, stream: str, roles: tuple[str, ...], connection, raw, received_ns: int):

@@ -71,6 +71,13 @@ class ChunkDataset(Dataset):
         return state
 
 
+def heldout_positions(num_episodes: int, heldout: float, seed: int = 0) -> set[int]:
+    """Positions (0-based, in dataset order) of the episodes ``split_episodes`` holds out."""
+    count = int(heldout) if heldout >= 1 else int(round(heldout * num_episodes))
+    count = min(count, max(num_episodes - 1, 0))
+    return set(np.random.default_rng(seed).permutation(num_episodes)[:count].tolist())
+
+
 def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train frame indices, held-out frame indices), holding out whole episodes.
 
@@ -80,10 +87,7 @@ def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.
     reader = DatasetReader(root)
     episodes = reader.episodes
     first = episodes[0].from_index if episodes else 0
-    count = int(heldout) if heldout >= 1 else int(round(heldout * len(episodes)))
-    count = min(count, max(len(episodes) - 1, 0))
-    order = np.random.default_rng(seed).permutation(len(episodes))
-    held = set(order[:count].tolist())
+    held = heldout_positions(len(episodes), heldout, seed)
     train, test = [], []
     for e, ep in enumerate(episodes):
         rows = np.arange(ep.from_index - first, ep.to_index - first)

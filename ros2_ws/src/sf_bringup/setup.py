@@ -14,6 +14,8 @@ setup(
         (f"share/{package_name}/launch", glob("launch/*.py")),
         (f"share/{package_name}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{package_name}/config/tasks", glob("config/tasks/*.yaml")),
+        # written by `sf calibrate intrinsics`; absent until the cameras are calibrated
+        (f"share/{package_name}/config/intrinsics", glob("config/intrinsics/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -26,6 +26,7 @@ setup(
             "record_keys = sf_nodes.record_keys:main",
             "policy_node = sf_nodes.policy_node:main",
             "recorder = sf_nodes.recorder:main",
+            "bag_player = sf_nodes.bag_player:main",
         ],
     },
 )

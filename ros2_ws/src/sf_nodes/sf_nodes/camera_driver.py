@@ -7,6 +7,8 @@ cam_right_wrist, required), ``frame_id`` (default ``<role>_color_optical_frame``
 ``color/image_raw/compressed`` (JPEG, when ``compressed``) and
 ``aligned_depth_to_color/image_raw`` (16UC1 mm, when ``depth``). Every message of a frame
 carries the frame's capture time. Reconnection lives in ``sf_policy.drivers.cameras``.
+CameraInfo comes from the camera's ``intrinsics:`` file in cameras.yaml when it has one
+(``sf calibrate intrinsics``), else from the backend.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from sf_policy.calibration.camera_info import load_camera_info
 from sf_policy.config import CameraConfig, ConfigError, camera_for_role
 from sf_policy.drivers.cameras import (CameraError, CameraSource, CameraStream, Frame, Intrinsics,
                                        StreamStatus, open_camera)
@@ -45,7 +48,8 @@ def camera_info_msg(intr: Intrinsics, stamp_ns: int, frame_id: str) -> CameraInf
                       distortion_model=intr.distortion_model, d=list(intr.coefficients),
                       k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
                       r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+                      p=list(intr.projection) if intr.projection is not None
+                      else [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def jpeg_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedImage:
@@ -78,7 +82,10 @@ class CameraDriverNode(Node):
         self.frame_id = self.declare_parameter("frame_id", f"{self.cfg.role}_color_optical_frame").value
         period = float(self.declare_parameter("diagnostics_period", 1.0).value)
         self.source = (source_factory or open_camera)(self.cfg)
-        self._intrinsics: Intrinsics | None = None
+        # A calibration file (cameras.yaml `intrinsics:`) overrides the backend's model.
+        self._intrinsics: Intrinsics | None = (
+            load_camera_info(self.cfg.intrinsics, expect_size=(self.cfg.width, self.cfg.height))
+            if self.cfg.intrinsics else None)
         self._make_publishers()
         self._diagnostics = diagnostics_publisher(self)
         self.stream = CameraStream(self.source, self.cfg, on_frame=self._publish_frame, logger=self.get_logger())

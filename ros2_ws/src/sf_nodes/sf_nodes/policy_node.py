@@ -16,6 +16,7 @@ The logic lives in ``sf_policy.runtime``; this node only moves messages.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -61,7 +62,8 @@ class PolicyNode(LifecycleNode):
         p = self.declare_parameter
         self.checkpoint = p("checkpoint", "").value
         self.remote = p("remote", "").value
-        self.token = p("token", "").value
+        # The server's bearer token: the environment (like `sf serve`) keeps it out of launch files and `ps`
+        self.token = p("token", "").value or os.environ.get("SF_SERVE_TOKEN", "")
         self.prompt = p("prompt", "").value
         self.rate = float(p("rate", 30.0).value)
         self.num_steps = int(p("num_steps", 10).value)

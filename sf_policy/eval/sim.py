@@ -1,0 +1,325 @@
+"""Closed-loop evaluation in the MuJoCo twin: success rate with a confidence interval.
+
+Each episode runs the deployed runtime itself — ``ChunkScheduler`` (asynchronous chunks,
+elapsed steps skipped, blending) and ``SafetyFilter`` (limits, rate limits) — on the twin's
+rendered cameras and puppet state, exactly as the policy node wires them, but on a simulated
+clock: the twin does not advance while the model thinks. The model's latency is instead a
+fixed number of control ticks (``latency_ticks``, default 3 = 100 ms, a GPU's π0), enforced by
+holding the model's answer until that tick. So an episode's outcome depends on the seed and
+the checkpoint only, not on how busy this machine is, and a CPU evaluates what a GPU robot
+would do.
+
+Episodes use seeds ``seed … seed + n − 1``, the same scenes for every checkpoint compared,
+so two checkpoints' results are paired. The interval is Wilson's score interval (95 %),
+which stays inside [0, 1] and is sensible at 0 / n and n / n, unlike the normal one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.clock import ManualClock
+from ..runtime.safety import SafetyFilter
+from ..runtime.scheduler import ChunkScheduler, policy_infer
+from ..sim.twin import CONTROL_HZ, Twin
+
+PERIOD = 1.0 / CONTROL_HZ
+WAIT_S = 600.0  # a model that has not answered in 10 minutes is broken, not slow
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % by default)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EpisodeOutcome:
+    seed: int
+    success: bool
+    ticks: int                  # control ticks run (until success or the task's step limit)
+    chunks: int                 # chunks merged into the plan
+    held_ticks: int             # ticks the safety filter or an empty plan held the arms
+    limited_ticks: int          # ticks the filter clamped or rate-limited the command
+    max_step_rad: float         # largest per-tick change of an arm joint command (smoothness)
+    video: str | None = None
+
+
+@dataclass
+class SimEvalResult:
+    label: str
+    checkpoint: str
+    task: str
+    latency_ticks: int
+    episodes: list[EpisodeOutcome] = field(default_factory=list)
+
+    @property
+    def successes(self) -> int:
+        return sum(e.success for e in self.episodes)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / len(self.episodes) if self.episodes else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, len(self.episodes))
+
+    def summary(self) -> dict:
+        low, high = self.interval
+        successful = [e.ticks for e in self.episodes if e.success]
+        return {"label": self.label, "checkpoint": self.checkpoint, "task": self.task, "episodes": len(self.episodes),
+                "successes": self.successes, "success_rate": self.success_rate, "ci95": [low, high],
+                "mean_success_seconds": float(np.mean(successful)) / CONTROL_HZ if successful else None,
+                "held_fraction": _fraction(self.episodes, "held_ticks"),
+                "limited_fraction": _fraction(self.episodes, "limited_ticks"),
+                "max_step_rad": max((e.max_step_rad for e in self.episodes), default=0.0),
+                "latency_ticks": self.latency_ticks}
+
+
+def _fraction(episodes: Sequence[EpisodeOutcome], key: str) -> float:
+    ticks = sum(e.ticks for e in episodes)
+    return sum(getattr(e, key) for e in episodes) / ticks if ticks else 0.0
+
+
+class _PacedModel:
+    """The model boundary, answering only when the simulation says its latency has passed.
+
+    The scheduler calls it from its worker thread; the episode loop sees the request
+    (``ChunkScheduler.in_flight``), lets ``latency_ticks`` ticks pass and then releases it."""
+
+    def __init__(self, infer: Callable):
+        self.infer = infer
+        self._gate = threading.Semaphore(0)
+
+    def __call__(self, observation):
+        if not self._gate.acquire(timeout=WAIT_S):
+            raise TimeoutError("the evaluation loop never released the model")
+        return self.infer(observation)
+
+    def release(self) -> None:
+        self._gate.release()
+
+
+@dataclass
+class RuntimeSettings:
+    """The policy node's runtime parameters (config/policy.yaml) that shape closed-loop behaviour."""
+
+    execute_steps: int = 25
+    refill_at: int = 15
+    mode: str = "blend"
+    blend_steps: int = 10
+    velocity_scale: float = 0.5
+
+
+def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 3,
+                runtime: RuntimeSettings | None = None, video: Path | None = None,
+                max_ticks: int | None = None) -> EpisodeOutcome:
+    """One seeded episode of the policy behind ``infer`` driving the twin until success or the
+    task's step limit (or ``max_ticks``, if shorter: quick checks)."""
+    runtime = runtime or RuntimeSettings()
+    obs = twin.reset(seed)
+    prompt = twin.info.get("prompt") or twin.task.name
+    clock = ManualClock()
+    model = _PacedModel(infer)
+    scheduler = ChunkScheduler(model, period=PERIOD, execute_steps=runtime.execute_steps,
+                               refill_at=runtime.refill_at, mode=runtime.mode, blend_steps=runtime.blend_steps,
+                               clock=clock, name=f"sim-eval-{seed}")
+    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale)
+    frames: list[np.ndarray] = []
+    held = limited = 0
+    max_step, previous = 0.0, None
+    requested_at: int | None = None
+    success = False
+    scheduler.start(0.0)
+    try:
+        for k in range(min(twin.task.step_limit, max_ticks or twin.task.step_limit)):
+            now = k * PERIOD
+            clock.set(now)
+            if requested_at is not None and k - requested_at >= latency_ticks:
+                model.release()
+                if not scheduler.wait_idle(WAIT_S):
+                    raise TimeoutError(f"seed {seed}: the model did not answer within {WAIT_S:.0f} s")
+                requested_at = None
+            scheduler.observe({"images": obs.images, "state": obs.state.astype(np.float32), "prompt": prompt}, now)
+            decision = safety.filter(scheduler.tick(now), obs.state, 0.0, now)
+            if requested_at is None and scheduler.in_flight:  # the tick asked for a chunk: latency starts now
+                requested_at = k
+            if decision.action is None:
+                held += 1
+                target = twin.master  # nothing sent: the arms keep their last target
+            else:
+                target = decision.action
+                limited += bool(decision.clamped or decision.limited)
+                if previous is not None:
+                    max_step = max(max_step, float(np.abs(_arm_joints(target - previous)).max()))
+                previous = target
+            if video is not None:
+                frames.append(obs.images.get("cam_high"))
+            twin.step(target)
+            obs = twin.observe()
+            if twin.success():
+                success = True
+                break
+    finally:
+        if requested_at is not None:
+            model.release()
+        scheduler.stop()
+    stats = scheduler.stats()
+    if video is not None and frames:
+        write_video(video, [f for f in frames if f is not None])
+    return EpisodeOutcome(seed=seed, success=bool(success), ticks=twin.tick, chunks=stats.chunks, held_ticks=held,
+                          limited_ticks=limited, max_step_rad=max_step, video=str(video) if video else None)
+
+
+def _arm_joints(q14: np.ndarray) -> np.ndarray:
+    from ..embodiment import GRIPPER_INDICES
+
+    return np.delete(np.asarray(q14), list(GRIPPER_INDICES))
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = CONTROL_HZ) -> None:
+    """H.264 mp4 of RGB frames (PyAV), for a person to watch an episode."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        for frame in frames:
+            image = np.ascontiguousarray(frame[: stream.height, : stream.width])
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def evaluate(infer: Callable, task: str, episodes: int, seed: int = 0, *, label: str = "policy",
+             checkpoint: str = "", latency_ticks: int = 3, runtime: RuntimeSettings | None = None,
+             width: int = 224, height: int = 224, video_dir: Path | None = None, max_ticks: int | None = None,
+             progress: bool = True) -> SimEvalResult:
+    """``episodes`` seeded episodes (seeds ``seed …``) of ``infer`` on ``task``."""
+    from tqdm import tqdm
+
+    result = SimEvalResult(label=label, checkpoint=checkpoint, task=task, latency_ticks=latency_ticks)
+    twin = Twin(task, width=width, height=height)
+    try:
+        bar = tqdm(range(seed, seed + episodes), desc=f"{label} on {task}", unit="ep", disable=not progress)
+        for s in bar:
+            video = video_dir / f"{label}_seed{s}.mp4" if video_dir is not None else None
+            result.episodes.append(run_episode(twin, infer, s, latency_ticks=latency_ticks, runtime=runtime,
+                                               video=video, max_ticks=max_ticks))
+            bar.set_postfix(success=f"{result.successes}/{len(result.episodes)}")
+    finally:
+        twin.close()
+    return result
+
+
+def expert_reference(task: str, episodes: int, seed: int = 0, progress: bool = True) -> SimEvalResult:
+    """The scripted operator on the same seeds: the ceiling the demonstrations set (it reads the
+    true object poses, so it is a reference, not a competitor)."""
+    from tqdm import tqdm
+
+    from ..sim.experts import run_episode as run_expert
+
+    result = SimEvalResult(label="scripted expert (reference)", checkpoint="", task=task, latency_ticks=0)
+    twin = Twin(task, cameras=())
+    try:
+        for s in tqdm(range(seed, seed + episodes), desc=f"expert on {task}", unit="ep", disable=not progress):
+            run = run_expert(task, s, twin=twin)
+            result.episodes.append(EpisodeOutcome(seed=s, success=run["success"], ticks=run["ticks"], chunks=0,
+                                                  held_ticks=0, limited_ticks=0, max_step_rad=0.0))
+    finally:
+        twin.close()
+    return result
+
+
+def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes: int, seed: int = 0, *,
+                         out: Path, labels: Sequence[str] | None = None, num_steps: int = 10, device: str = "auto",
+                         latency_ticks: int = 3, runtime: RuntimeSettings | None = None, width: int = 224,
+                         height: int = 224, videos: bool = False, expert: bool = True,
+                         max_ticks: int | None = None, progress: bool = True) -> list[SimEvalResult]:
+    """Each checkpoint on the same seeds (and the scripted expert as a reference row when
+    ``expert``); writes ``results.json``, ``results.md`` and a plot to ``out``."""
+    import torch
+
+    from ..runtime.inference import load_for_inference
+
+    labels = list(labels) if labels else [_label(c) for c in checkpoints]
+    if len(labels) != len(checkpoints):
+        raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for checkpoint, label in zip(checkpoints, labels, strict=True):
+        policy = load_for_inference(checkpoint, device=device)
+        torch.manual_seed(seed)  # the flow-matching noise: reruns give the same episodes
+        results.append(evaluate(policy_infer(policy, num_steps), task, episodes, seed, label=label,
+                                checkpoint=str(checkpoint), latency_ticks=latency_ticks, runtime=runtime,
+                                width=width, height=height, video_dir=out / "videos" if videos else None,
+                                max_ticks=max_ticks, progress=progress))
+        del policy
+    if expert:
+        results.append(expert_reference(task, episodes, seed, progress))
+    write_results(results, out)
+    return results
+
+
+def _label(checkpoint: str | Path) -> str:
+    path = Path(checkpoint)
+    parts = [p for p in path.parts if p not in ("checkpoints", "policy")]
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path.name
+
+
+def results_table(results: Sequence[SimEvalResult]) -> str:
+    """A Markdown table: one row per checkpoint."""
+    lines = ["| checkpoint | task | success | rate | 95 % CI (Wilson) | time to success | held | rate-limited |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        t = f"{s['mean_success_seconds']:.1f} s" if s["mean_success_seconds"] is not None else "–"
+        lines.append(f"| {r.label} | {r.task} | {r.successes}/{len(r.episodes)} | {r.success_rate:.0%} | "
+                     f"{s['ci95'][0]:.0%} – {s['ci95'][1]:.0%} | {t} | {s['held_fraction']:.0%} | "
+                     f"{s['limited_fraction']:.0%} |")
+    return "\n".join(lines)
+
+
+def write_results(results: Sequence[SimEvalResult], out: Path) -> None:
+    data = [{"summary": r.summary(), "episodes": [asdict(e) for e in r.episodes]} for r in results]
+    (out / "results.json").write_text(json.dumps(data, indent=2))
+    first = results[0].episodes[0].seed if results and results[0].episodes else 0
+    latency = results[0].latency_ticks if results else 0
+    header = (f"# Closed-loop evaluation in the twin\n\nSeeds from {first}, the same scenes for every checkpoint; "
+              f"the model answers {latency} control ticks after it is asked (simulated clock).\n\n")
+    (out / "results.md").write_text(header + results_table(results) + "\n")
+    _plot(results, out / "success.png")
+
+
+def _plot(results: Sequence[SimEvalResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(results), 3.2))
+    rates = [r.success_rate for r in results]
+    low = [r.success_rate - r.interval[0] for r in results]
+    high = [r.interval[1] - r.success_rate for r in results]
+    ax.bar(range(len(results)), rates, yerr=[low, high], capsize=6, color="#4c72b0")
+    ax.set_xticks(range(len(results)), [r.label for r in results], rotation=15)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate (95 % CI)")
+    ax.set_title(f"{results[0].task if results else ''}: {len(results[0].episodes) if results else 0} seeded episodes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

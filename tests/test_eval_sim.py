@@ -1,0 +1,121 @@
+"""Closed-loop evaluation in the twin: the deployed runtime on a simulated clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sf_policy.eval.sim import RuntimeSettings, evaluate_checkpoints, run_episode, wilson_interval
+from sf_policy.sim.experts import make_expert
+from sf_policy.sim.twin import Twin
+
+TASK, SEED = "grasp_vegetable", 1000
+
+
+def test_wilson_interval_matches_the_formula_at_the_edges_and_inside():
+    assert wilson_interval(0, 5) == pytest.approx((0.0, 0.4345), abs=1e-4)
+    assert wilson_interval(5, 5) == pytest.approx((0.5655, 1.0), abs=1e-4)
+    assert wilson_interval(3, 10) == pytest.approx((0.1078, 0.6032), abs=1e-4)
+    low, high = wilson_interval(50, 100)
+    assert low < 0.5 < high and high - low == pytest.approx(0.1923, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def twin():
+    twin = Twin(TASK, width=64, height=64)
+    yield twin
+    twin.close()
+
+
+@pytest.fixture(scope="module")
+def expert_demo(twin):
+    """The scripted expert's states and master targets on the evaluation seed."""
+    twin.reset(SEED)
+    expert = make_expert(twin)
+    states, actions = [], []
+    while not twin.done() and not twin.success():
+        states.append(twin.observe(images=False).state.copy())
+        actions.append(np.asarray(expert.act(), float))
+        twin.step(actions[-1])
+    assert twin.success()
+    actions += [actions[-1]] * 60  # the chunk past the end: stay
+    return np.array(states), np.array(actions)
+
+
+def oracle(expert_demo):
+    """A perfect policy: the expert's targets from the tick whose state is nearest the observation."""
+    states, actions = expert_demo
+
+    def infer(sample):
+        assert set(sample["images"]) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}
+        t = int(np.argmin(np.linalg.norm(states - sample["state"], axis=1)))
+        return actions[t:t + 50]
+
+    return infer
+
+
+def test_a_perfect_policy_succeeds_through_the_scheduler_and_the_safety_filter(twin, expert_demo):
+    outcome = run_episode(twin, oracle(expert_demo), SEED, latency_ticks=3)
+    assert outcome.success and outcome.ticks < len(expert_demo[0]) + 15
+    assert outcome.chunks >= outcome.ticks // 15  # replanned all along
+    assert outcome.held_ticks == 3  # only while the first chunk was being "inferred"
+    assert outcome.max_step_rad <= np.pi * 0.5 / 30 + 1e-9  # the filter's velocity limit held
+
+
+@pytest.mark.parametrize("latency", [3, 6])
+def test_latency_is_simulated_in_ticks_not_wall_time(twin, expert_demo, latency):
+    outcome = run_episode(twin, oracle(expert_demo), SEED, latency_ticks=latency)
+    assert outcome.held_ticks == latency and outcome.success
+
+
+def test_a_broken_model_never_commands_and_fails(twin):
+    def broken(sample):
+        return np.full((50, 14), np.nan)
+
+    outcome = run_episode(twin, broken, SEED, latency_ticks=2, runtime=RuntimeSettings())
+    assert not outcome.success and outcome.held_ticks == outcome.ticks == twin.task.step_limit
+    assert outcome.chunks == 0
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_policy_node import tiny_checkpoint
+
+    return tiny_checkpoint(path)
+
+
+def test_checkpoints_side_by_side_are_reproducible_and_reported(tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    quick = {"width": 64, "height": 64, "max_ticks": 45, "progress": False}  # 1.5 s of a random policy: enough
+    first = evaluate_checkpoints([checkpoint], TASK, 1, SEED, out=tmp_path / "a", labels=["tiny"], expert=True,
+                                 videos=True, **quick)
+    again = evaluate_checkpoints([checkpoint], TASK, 1, SEED, out=tmp_path / "b", labels=["tiny"], expert=False,
+                                 **quick)
+    assert [r.label for r in first] == ["tiny", "scripted expert (reference)"]
+    assert first[1].successes == 1  # the reference row: the expert solves its own scene
+    assert first[0].episodes[0].ticks == again[0].episodes[0].ticks == 45
+    assert first[0].episodes[0].max_step_rad == again[0].episodes[0].max_step_rad  # same noise, same episode
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert data[0]["summary"]["episodes"] == 1 and data[0]["summary"]["ci95"][1] > 0.5
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert "| tiny | grasp_vegetable | 0/1 |" in table or "| tiny | grasp_vegetable | 1/1 |" in table
+    assert (tmp_path / "a" / "success.png").stat().st_size > 1000
+    video = Path(first[0].episodes[0].video)
+    assert video.is_file() and video.stat().st_size > 1000
+
+
+def test_cli_names_the_bad_option(tmp_path):
+    import os
+
+    sf, env = Path(sys.executable).parent / "sf", {**os.environ, "COLUMNS": "400"}  # no wrapped error box
+    bad_task = subprocess.run([str(sf), "eval", "sim", "-c", str(tmp_path), "--task", "juggle"],
+                              capture_output=True, text=True, timeout=120, env=env)
+    assert bad_task.returncode == 2 and "--task" in bad_task.stderr and "juggle" in bad_task.stderr
+    missing = subprocess.run([str(sf), "eval", "sim", "-c", str(tmp_path / "nope"), "--episodes", "1"],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode == 2 and "nope does not exist" in missing.stderr
