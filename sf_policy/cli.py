@@ -84,6 +84,8 @@ def demo(
     train_steps: int = typer.Option(600, help="Training steps of each tiny policy (SF and baseline)."),
     eval_episodes: int = typer.Option(5, help="Closed-loop episodes per checkpoint, on scenes never recorded."),
     eval_seed: int = typer.Option(1000, help="First evaluation scene's seed."),
+    bags: bool = typer.Option(True, "--bags/--no-bags", help="Also record raw MCAP bags (~70 MB per episode) and "
+                                                            "replay the held-out one from its bag."),
     drivers: bool = typer.Option(False, "--drivers", help="Instead: the driver graph on CAN-level simulated arms."),
     record: bool = typer.Option(True, "--record/--no-record",
                                 help="--no-record: only the twin and its scripted operator over ROS (no dataset)."),
@@ -104,7 +106,7 @@ def demo(
                       f"through the ROS graph, {episodes} episodes from seed {seed}")
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     else:
-        _demo_loop(out, task, episodes, seed, until, train_steps, eval_episodes, eval_seed, verbose)
+        _demo_loop(out, task, episodes, seed, until, train_steps, eval_episodes, eval_seed, bags, verbose)
         return
     _print_report(report)
     console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
@@ -113,12 +115,12 @@ def demo(
 
 
 def _demo_loop(out: Path, task: str, episodes: int, seed: int, until: str, train_steps: int, eval_episodes: int,
-               eval_seed: int, verbose: bool) -> None:
+               eval_seed: int, bags: bool, verbose: bool) -> None:
     from .pipeline import STAGES, LoopSettings, run_loop
 
     try:
         settings = LoopSettings(task=task, episodes=episodes, seed=seed, train_steps=train_steps,
-                                eval_episodes=eval_episodes, eval_seed=eval_seed, until=until)
+                                eval_episodes=eval_episodes, eval_seed=eval_seed, until=until, bags=bags)
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     stages = " → ".join(STAGES[:STAGES.index(until) + 1])

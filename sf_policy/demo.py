@@ -72,18 +72,22 @@ def run_twin(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: int
 
 
 def run_record(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: int = 0, measure_s: float = 2.0,
-               verbose: bool = False, echo=print, timeout_s: float = 900.0) -> dict:
-    """Record ``episodes`` successful scripted episodes from the twin through ROS into a dataset."""
+               verbose: bool = False, echo=print, timeout_s: float = 900.0, bags: bool = False) -> dict:
+    """Record ``episodes`` successful scripted episodes from the twin through ROS into a dataset
+    (and, with ``bags``, each episode's raw topics as an MCAP bag under ``out_dir/bags``)."""
     from .data.reader import DatasetReader
     from .data.validate import validate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     root = out_dir / "dataset"
-    if root.exists():
-        shutil.rmtree(root)  # the demo's own output from an earlier run
+    bag_root = out_dir / "bags"
+    for earlier in (root, bag_root):  # the demo's own output from an earlier run
+        if earlier.exists():
+            shutil.rmtree(earlier)
     # The twin keeps running episodes (a failed one is discarded) until the recorder has
     # saved the requested number and exits.
     *twin, recorder = record_nodes(task, dataset_root=root, sim=True, episodes=episodes, seed=seed,
+                                   bag_root=str(bag_root) if bags else "",
                                    exit_when_done=True)
     twin = [NodeSpec(t.executable, t.name, {**t.parameters, "episodes": 0}, t.params_files) for t in twin]
     monitor = {"measure_s": measure_s, "exercise": False, "episodes": episodes}
@@ -91,6 +95,9 @@ def run_record(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: i
     problems = validate(root) if root.exists() else []
     saved = DatasetReader(root).num_episodes if root.exists() and not problems else 0
     report["dataset"] = {"root": str(root), "episodes": saved, "problems": [str(p) for p in problems]}
+    if bags:
+        report["bags"] = sorted(str(p) for p in bag_root.glob("*") if p.is_dir() or p.suffix == ".mcap")
+        report["checks"][f"{episodes} episode bags"] = len(report["bags"]) == episodes
     report["checks"][f"{episodes} episodes in the dataset"] = saved == episodes
     report["checks"]["dataset valid (sf dataset validate)"] = root.exists() and not problems
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))

@@ -9,7 +9,8 @@ Every stage is the tool a user runs by hand, called with the same arguments:
    Forcing) and α = 0 (the π0 baseline), same seed, data and steps;
 3. evaluate: ``sf eval sim`` with both checkpoints on seeded scenes that were never recorded,
    plus the scripted expert as the reference;
-4. replay: ``sf eval replay`` of the SF checkpoint over the episode training held out.
+4. replay: ``sf eval replay`` of the SF checkpoint over the episode training held out, from
+   the dataset and from that episode's raw MCAP bag (the recorder writes both).
 
 Sizes are for a 2-core CPU (the tiny presets): the point is that every artifact is real and
 every stage connects, not that a 4-layer model trained for minutes on a handful of
@@ -37,6 +38,7 @@ class LoopSettings:
     eval_seed: int = 1000        # first evaluation scene: never among the recorded ones
     latency_ticks: int = 3
     replay_every: int = 5        # one replayed chunk every this many frames
+    bags: bool = True            # also record each episode's raw topics (MCAP) and replay one of them
     until: str = "replay"
 
     def __post_init__(self) -> None:
@@ -94,10 +96,13 @@ class _Stage:
 def _record(out: Path, s: LoopSettings, verbose: bool, echo: Callable, summary: dict) -> Path:
     from .demo import run_record
 
-    report = run_record(out / "record", s.task, s.episodes, s.seed, measure_s=2.0, verbose=verbose, echo=echo)
+    report = run_record(out / "record", s.task, s.episodes, s.seed, measure_s=2.0, verbose=verbose, echo=echo,
+                        bags=s.bags)
     dataset = Path(report["dataset"]["root"])
     summary["record"] = report
     summary["artifacts"]["dataset"] = str(dataset)
+    if s.bags:
+        summary["artifacts"]["bags"] = str(out / "record" / "bags")
     summary["checks"]["dataset recorded and valid"] = bool(report.get("checks")) and all(report["checks"].values())
     return dataset
 
@@ -159,6 +164,13 @@ def _replay(out: Path, s: LoopSettings, dataset: Path, checkpoint: Path, summary
     summary["replay"] = {"episodes": episodes, "metrics": _headline(result.metrics)}
     summary["artifacts"]["replay_report"] = str(result.report_path)
     summary["artifacts"]["replay_markdown"] = str(result.markdown_path)
+    bags = [b for b in summary["record"].get("bags", []) if f"_episode_{episodes[0]}_" in Path(b).name]
+    if bags:  # the same episode from its raw bag, through the recorder's synchronisation again
+        from_bag = replay(checkpoint, bags=bags, out=out / "replay_bag", every=s.replay_every)
+        summary["replay_bag"] = {"bag": bags[0], "metrics": _headline(from_bag.metrics)}
+        summary["artifacts"]["replay_bag_report"] = str(from_bag.report_path)
+        summary["checks"]["bag replays the dataset's frames"] = (
+            from_bag.metrics["frames_read"] == result.metrics["frames_read"])
 
 
 def _headline(metrics: dict) -> dict:

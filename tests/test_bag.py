@@ -448,3 +448,26 @@ def test_live_bag_converts_like_the_live_sync(live_bag, tmp_path):
     frames = reference_frames(sorted(received, key=lambda e: e[2]))
     assert summary.frames == len(frames) >= 35
     assert_same_frames(dataset_rows(tmp_path / "ds"), frames)
+
+
+def test_bags_are_numbered_by_the_dataset_episode_index_when_appending(tmp_path):
+    """A session appending to a dataset with 2 episodes records its first episode as index 2:
+    its bag must carry 2 (the number `sf eval replay --dataset ... --episodes 2` uses), not 1."""
+    from sf_policy.data.writer import DatasetWriter
+    from sf_policy.record.session import RecordingSession, SessionConfig
+    from sf_policy.record.sync import FrameSync
+    from sf_policy.sim.record import record_expert
+
+    root = tmp_path / "pots"
+    record_expert(root, task="grasp_vegetable", episodes=2, width=32, height=32, every=10)
+    writer = DatasetWriter.open(root)
+    try:
+        session = RecordingSession(writer, FrameSync(), {}, SessionConfig())
+        assert session.episode_number == 1 and session.dataset_index == 2
+        bags = EpisodeBags(tmp_path / "bags", recorder_topics(), dataset_name=root.name)
+        bags.follow("recording", session.dataset_index, "pick", started_ns=T0)
+        bags.write(topics.puppet_state("left"), joint_cdr(T0, np.zeros(7)), T0 + 1)
+        bags.close(timeout=10)
+        assert len(bags.kept) == 1 and bags.kept[0].name.startswith("pots_episode_2_")
+    finally:
+        writer.close()

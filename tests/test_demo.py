@@ -62,6 +62,9 @@ def test_sf_demo_walks_the_whole_loop(tmp_path):
     assert "95 % CI" in Path(artifacts["eval_table"]).read_text() and Path(artifacts["eval_plot"]).is_file()
     # replay: a report on the held-out episode
     assert Path(artifacts["replay_report"]).is_file() and Path(artifacts["replay_markdown"]).is_file()
+    # ...and the same episode from the raw bag the live recorder wrote, through its frame sync again
+    assert len(summary["record"]["bags"]) == 2 and Path(artifacts["replay_bag_report"]).is_file()
+    assert summary["replay_bag"]["metrics"]["frames_read"] == summary["replay"]["metrics"]["frames_read"]
     assert "replay_report" in result.stdout and "loop.json" in result.stdout
 
 

@@ -50,6 +50,7 @@ class RecordingSession:
         self._tick_ns: deque[int] = deque(maxlen=300)
         self._saver = _Saver(self._saved, self._save_failed)
         self.listening_since_ns = clock()
+        self._first_index = int(getattr(writer, "num_episodes", 0))  # appending to an existing dataset
 
     # -- commands ----------------------------------------------------------------------
     def command(self, text: str) -> str:
@@ -155,6 +156,12 @@ class RecordingSession:
     def episode_number(self) -> int:
         """1-based number of the episode being (or next to be) recorded in this session."""
         return len(self.saved) + len(self._saver) + 1
+
+    @property
+    def dataset_index(self) -> int:
+        """The ``episode_index`` the episode being (or next to be) recorded gets in the dataset
+        when it is saved (saves commit in order): what its raw bag is named after."""
+        return self._first_index + len(self.saved) + len(self._saver)
 
     def duration_s(self, now_ns: int | None = None) -> float:
         if self.state != "recording":

@@ -162,7 +162,7 @@ class RecorderNode(Node):
     def _follow_with_bags(self) -> None:
         """One bag per episode: opened at start, kept when saved, deleted when discarded."""
         if self.bags is not None:
-            self.bags.follow(self.session.state, self.session.episode_number, self.session.prompt,
+            self.bags.follow(self.session.state, self.session.dataset_index, self.session.prompt,
                              started_ns=self.session.episode_started_ns)
 
     def _on_command(self, msg: String) -> None:
