@@ -119,3 +119,21 @@ def test_cli_names_the_bad_option(tmp_path):
     missing = subprocess.run([str(sf), "eval", "sim", "-c", str(tmp_path / "nope"), "--episodes", "1"],
                              capture_output=True, text=True, timeout=120, env=env)
     assert missing.returncode == 2 and "nope does not exist" in missing.stderr
+
+
+def test_paired_comparison_counts_discordant_scenes_and_tests_them():
+    from sf_policy.eval.sim import EpisodeOutcome, SimEvalResult, paired, paired_text
+
+    def result(label, successes):
+        r = SimEvalResult(label=label, checkpoint=f"/{label}", task=TASK, latency_ticks=3)
+        r.episodes = [EpisodeOutcome(seed=s, success=ok, ticks=10, chunks=1, held_ticks=0, limited_ticks=0,
+                                     max_step_rad=0.0) for s, ok in enumerate(successes)]
+        return r
+
+    sf = result("sf", [True] * 8 + [False, True])
+    base = result("base", [False] * 8 + [False, True])
+    p = paired(sf, base)
+    assert (p["only_a"], p["only_b"], p["both"], p["neither"]) == (8, 0, 1, 1)
+    assert p["p_value"] == pytest.approx(2 / 2**8)  # 8 discordant scenes, all one way
+    assert paired(sf, sf)["p_value"] == 1.0
+    assert "only sf 8, only base 0" in paired_text([sf, base])

@@ -301,8 +301,32 @@ def write_results(results: Sequence[SimEvalResult], out: Path) -> None:
     latency = results[0].latency_ticks if results else 0
     header = (f"# Closed-loop evaluation in the twin\n\nSeeds from {first}, the same scenes for every checkpoint; "
               f"the model answers {latency} control ticks after it is asked (simulated clock).\n\n")
-    (out / "results.md").write_text(header + results_table(results) + "\n")
+    (out / "results.md").write_text(header + results_table(results) + "\n" + paired_text(results))
     _plot(results, out / "success.png")
+
+
+def paired(a: SimEvalResult, b: SimEvalResult) -> dict[str, int | float]:
+    """Outcomes of two checkpoints on the same seeds: scenes only one solved decide between
+    them. ``p_value``: exact two-sided McNemar (binomial) test on those discordant scenes."""
+    b_by_seed = {e.seed: e.success for e in b.episodes}
+    pairs = [(e.success, b_by_seed[e.seed]) for e in a.episodes if e.seed in b_by_seed]
+    only_a = sum(x and not y for x, y in pairs)
+    only_b = sum(y and not x for x, y in pairs)
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
+    return {"scenes": len(pairs), "only_a": only_a, "only_b": only_b, "both": sum(x and y for x, y in pairs),
+            "neither": sum(not x and not y for x, y in pairs), "p_value": min(1.0, 2 * tail)}
+
+
+def paired_text(results: Sequence[SimEvalResult]) -> str:
+    """The paired comparison of the first two checkpoints (the expert reference excluded)."""
+    policies = [r for r in results if r.checkpoint]
+    if len(policies) < 2:
+        return ""
+    a, b = policies[:2]
+    p = paired(a, b)
+    return (f"\nPaired on the same {p['scenes']} scenes: only {a.label} {p['only_a']}, only {b.label} {p['only_b']}, "
+            f"both {p['both']}, neither {p['neither']} (exact McNemar p = {p['p_value']:.2f}).\n")
 
 
 def _plot(results: Sequence[SimEvalResult], path: Path) -> None:
