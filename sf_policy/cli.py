@@ -45,14 +45,19 @@ def launch_drivers(
 ):
     """Arm and camera drivers: what ``ros2 launch sf_bringup drivers.launch.py`` starts."""
     from .bringup import driver_nodes
-    from .launcher import Launch
-    from .ros_env import ros_env
 
     specs = driver_nodes(sim=sim, mode=mode, robot_config=str(robot_config) if robot_config else None,
                          camera_config=str(camera_config) if camera_config else None)
-    env = ros_env(local=sim)  # simulated graphs stay on loopback
     console.print(f"starting {len(specs)} nodes: {', '.join(s.name for s in specs)}  (Ctrl-C stops)")
-    with Launch(specs, env=env) as graph:
+    _run_graph(specs, local=sim, duration=duration)  # simulated graphs stay on loopback
+
+
+def _run_graph(specs, local: bool = True, duration: float | None = None) -> None:
+    """Run the plan's nodes as processes until Ctrl-C, ``duration`` or a node exits; exit with its code."""
+    from .launcher import Launch
+    from .ros_env import ros_env
+
+    with Launch(specs, env=ros_env(local=local)) as graph:
         code = graph.wait(duration)
     raise typer.Exit(code)
 
@@ -161,8 +166,6 @@ def launch_record(
 ):
     """What ``ros2 launch sf_bringup record.launch.py`` starts; episodes from /recorder/command (record_keys)."""
     from .bringup import record_nodes
-    from .launcher import Launch
-    from .ros_env import ros_env
 
     specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
                          max_duration_s=max_duration_s, bag_root=bag_root, link=link, exit_when_done=bool(episodes),
@@ -171,9 +174,7 @@ def launch_record(
     helper = "the key helper's window" if any(s.executable == "record_keys" for s in specs) else "`record_keys`"
     console.print(f"recording {task} into {recorder.parameters['dataset_root']}; start/stop with {helper} "
                   "(or /recorder/command); Ctrl-C stops")
-    with Launch(specs, env=ros_env(local=True)) as graph:
-        code = graph.wait()
-    raise typer.Exit(code)
+    _run_graph(specs)
 
 
 @launch_app.command("policy")
@@ -187,15 +188,11 @@ def launch_policy(
 ):
     """What ``ros2 launch sf_bringup policy.launch.py`` starts; Ctrl-C stops."""
     from .bringup import policy_nodes
-    from .launcher import Launch
-    from .ros_env import ros_env
 
     specs = policy_nodes(task, sim=sim, checkpoint=checkpoint, remote=remote, dry_run=dry_run, seed=seed)
     console.print(f"running the {task} policy{' on the twin' if sim else ''}; /policy/estop holds the arms; "
                   "Ctrl-C stops")
-    with Launch(specs, env=ros_env(local=True)) as graph:
-        code = graph.wait()
-    raise typer.Exit(code)
+    _run_graph(specs)
 
 
 @launch_app.command("twin")
@@ -210,14 +207,10 @@ def launch_twin(
 ):
     """The MuJoCo twin on the drivers' topics: what ``ros2 launch ... sim:=true`` starts."""
     from .bringup import twin_nodes
-    from .launcher import Launch
-    from .ros_env import ros_env
 
     specs = twin_nodes(task, operator=operator, seed=seed, episodes=episodes, width=width, height=height)
     console.print(f"starting the twin ({task}, operator {operator}); Ctrl-C stops")
-    with Launch(specs, env=ros_env(local=True)) as graph:
-        code = graph.wait(duration)
-    raise typer.Exit(code)
+    _run_graph(specs, duration=duration)
 
 
 def _print_report(report: dict) -> None:

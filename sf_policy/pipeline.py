@@ -149,10 +149,11 @@ def _evaluate(out: Path, s: LoopSettings, runs: dict[str, Path], summary: dict) 
 def _replay(out: Path, s: LoopSettings, dataset: Path, checkpoint: Path, summary: dict) -> None:
     from .data.reader import DatasetReader
     from .eval.replay import replay
+    from .train.checkpoint import TRAIN_CONFIG_FILE
     from .train.config import load_config
     from .train.data import heldout_positions
 
-    cfg = load_config("tiny")
+    cfg = load_config(str(Path(checkpoint) / TRAIN_CONFIG_FILE))  # the split training actually held out
     reader = DatasetReader(dataset)
     try:
         ids = [e.index for e in reader.episodes]

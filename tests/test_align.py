@@ -28,7 +28,6 @@ from sf_policy.align import (
     visual_token_mask,
 )
 
-transformers = pytest.importorskip("transformers")
 
 N_VIS = 768
 N_TEXT = 10
@@ -574,7 +573,8 @@ def test_adaptive_aligner_with_tiny_pi0(pi0):
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft → transformers
 def test_attach_looks_through_a_peft_wrapper():
-    peft = pytest.importorskip("peft")
+    import peft
+
     model = peft.get_peft_model(_tiny_pi0(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     config = AlignConfig(layer=2, teacher_dim=16, hidden_dim=16)
     batch = {k: v[:1] for k, v in _batch().items()}

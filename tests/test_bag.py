@@ -273,7 +273,6 @@ def test_no_prompt_needs_a_task(tmp_path):
 
 
 def test_convert_synthetic_bags_like_the_live_sync(tmp_path):
-    pytest.importorskip("sf_policy.data.writer")
     first = synthetic_events(1.0)
     second = synthetic_events(0.7, t0=T0 + 5 * 10**9)
     started = T0 + 5 * 10**9 + 100_000_000  # the episode started 0.1 s into the second bag
@@ -304,7 +303,6 @@ def test_convert_synthetic_bags_like_the_live_sync(tmp_path):
 
 
 def test_cli_from_bag(tmp_path):
-    pytest.importorskip("sf_policy.data.writer")
     from typer.testing import CliRunner
 
     from sf_policy.cli import app
@@ -330,7 +328,6 @@ def test_cli_from_bag(tmp_path):
 def live_bag(tmp_path_factory):
     """Publish 3 image streams (30 Hz) and 4 JointStates (200 Hz) over loopback DDS, record
     them from raw subscriptions into a bag; returns (bag, published, received)."""
-    pytest.importorskip("rclpy")
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_DOMAIN_ID", str(70 + os.getpid() % 10))
     import rclpy
@@ -442,7 +439,6 @@ def test_live_raw_bytes_read_back_with_rosbags_and_rclpy(live_bag):
 
 @pytest.mark.ros
 def test_live_bag_converts_like_the_live_sync(live_bag, tmp_path):
-    pytest.importorskip("sf_policy.data.writer")
     path, _, received = live_bag
     summary = convert_bag(path, tmp_path / "ds", progress=False)
     frames = reference_frames(sorted(received, key=lambda e: e[2]))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rs = pytest.importorskip("pyrealsense2")
-cv2 = pytest.importorskip("cv2")
+import cv2  # noqa: E402
+import pyrealsense2 as rs  # noqa: E402
 
 from sf_policy.config import CameraConfig, ConfigError, camera_for_role, load_camera_config  # noqa: E402
 from sf_policy.drivers.cameras import (CameraError, CameraStream, Frame, OpenCVCamera,  # noqa: E402

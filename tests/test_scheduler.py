@@ -348,7 +348,8 @@ def test_interpolation_substeps_reach_the_next_command():
 def test_a_real_tiny_policy_drives_the_scheduler_and_the_filter(tmp_path):
     """policy_infer around a tiny real PI0 (transformers' class, random weights): chunks
     are [50, 14] absolute targets, merged and executed, and the filter passes them on."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from sf_policy.data.features import ACTION, STATE
     from sf_policy.data.stats import vector_stats
     from sf_policy.model.actions import action_stats

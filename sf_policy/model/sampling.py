@@ -105,8 +105,7 @@ class FastSampler:
     @torch.no_grad()
     def prefix(self, inputs: dict[str, torch.Tensor], suffix_length: int) -> _Prefix:
         """Prefix keys/values, the suffix's attention mask and rotary tables (once per chunk)."""
-        pi0 = self.pi0
-        model = pi0.model
+        model = self.pi0.model
         attention_mask = inputs.get("attention_mask")
         position_ids = attention_mask.cumsum(-1) - 1 if attention_mask is not None else None
         embeds = model.embed_prefix(inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"])
@@ -118,8 +117,7 @@ class FastSampler:
 
         # The mask and positions PI0Model.forward builds for the DiT (prefix block, state
         # block, bidirectional action block), computed once instead of per step.
-        dit_positions = mask = None
-        dit_attention = None
+        dit_positions = dit_attention = None
         if attention_mask is not None:
             dit_attention = torch.cat([attention_mask, attention_mask.new_ones(batch, suffix_length)], dim=1)
             dit_positions = (dit_attention.cumsum(1) - 1)[:, -suffix_length:]

@@ -172,6 +172,7 @@ class ChunkScheduler:
         self.execute_steps, self.refill_at = int(execute_steps), int(refill_at)
         self.mode, self.blend_steps = mode, int(blend_steps)
         self.adaptive, self.on_error = bool(adaptive), on_error
+        self._refill = self.refill_at  # request the next chunk below this many steps (adapts: _update_refill)
         self.clock = clock
         self.name = name
         self.grid: TickGrid | None = None
@@ -295,19 +296,14 @@ class ChunkScheduler:
         self._last_action = action
         return action.copy()
 
-    def _refill_threshold(self) -> int:
-        """Request the next chunk when fewer steps than this are left."""
-        if not self.adaptive:
-            return self.refill_at
-        with self._cond:
-            latencies = np.asarray(self._latencies, dtype=np.float64)
-        return self._refill_for(latencies)
-
-    def _refill_for(self, latencies: np.ndarray) -> int:
-        if not self.adaptive or not len(latencies):
-            return self.refill_at
-        need = int(np.ceil(np.percentile(latencies, 90) / self.period - 1e-6)) + ADAPTIVE_MARGIN_TICKS
-        return min(max(self.refill_at, need), self.execute_steps)
+    def _update_refill(self) -> None:
+        """Adaptive: the refill threshold from the latencies so far (called with ``_cond`` held,
+        once per result, so the 30 Hz tick only reads an int)."""
+        if not self.adaptive or not self._latencies:
+            return
+        p90 = float(np.percentile(np.asarray(self._latencies, dtype=np.float64), 90))
+        need = int(np.ceil(p90 / self.period - 1e-6)) + ADAPTIVE_MARGIN_TICKS
+        self._refill = min(max(self.refill_at, need), self.execute_steps)
 
     def _plan_end(self) -> int:
         return self._plan_start + (0 if self._plan is None else len(self._plan))
@@ -326,6 +322,7 @@ class ChunkScheduler:
     def _merge(self, result: _Result, k: int) -> None:
         with self._cond:
             self._latencies.append(result.latency_s)
+            self._update_refill()
             if result.error:
                 self._counts["errors"] += 1
                 self._last_error = result.error
@@ -380,7 +377,7 @@ class ChunkScheduler:
 
     def _maybe_request(self, k: int) -> None:
         remaining = self._plan_end() - (k + 1) if self._plan is not None else 0
-        if remaining >= self._refill_threshold():
+        if remaining >= self._refill:
             return
         with self._cond:
             if self._busy or self._result is not None or self._observation is None:
@@ -455,4 +452,4 @@ class ChunkScheduler:
                 requests=c["requests"], chunks=c["chunks"], late_chunks=c["late_chunks"], errors=c["errors"],
                 last_error=self._last_error, skipped_steps=c["skipped_steps"], last_skip=self._last_skip,
                 latency_p50_s=p50, latency_p99_s=p99, latency_max_s=worst, chunk_age_ticks=self._chunk_age,
-                remaining=self._remaining, in_flight=self._busy, refill_at=self._refill_for(lat))
+                remaining=self._remaining, in_flight=self._busy, refill_at=self._refill)
