@@ -329,11 +329,11 @@ def _in_child(fn, *args):
 
 def _build_cache(root: str, preset: str, overrides: list[str], device: str) -> dict:
     from sf_policy.train.config import load_config
-    from sf_policy.train.targets import build_cache
+    from sf_policy.train.targets import build_cache, vla_grid
 
     cfg = load_config(preset, overrides)
     t0 = time.perf_counter()
-    cache = build_cache(root, cfg.teacher, device=device, progress=False)
+    cache = build_cache(root, cfg.teacher, device=device, progress=False, grid=vla_grid(cfg.policy))
     return {"seconds": time.perf_counter() - t0, "frames": int(cache.num_frames), "dim": int(cache.dim),
             "storage": cache.storage, "bytes": int(cache.layout.nbytes())}
 

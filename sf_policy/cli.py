@@ -19,6 +19,7 @@ from .cli_dataset import app as dataset_app
 from .cli_eval import app as eval_app
 from .cli_serve import serve_cmd
 from .cli_train import app as train_app
+from .pipeline import LoopSettings
 
 app = typer.Typer(help="Spatial Forcing on the AgileX bimanual Piper.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -83,12 +84,21 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), help="Where every artifact, report and log goes."),
     task: str = typer.Option("grasp_vegetable", help="Twin task: grasp_vegetable, lift_pot, place_block, stack_cups."),
-    episodes: int = typer.Option(8, help="Demonstrations the scripted operator records (seeds seed, seed+1, ...)."),
+    episodes: int = typer.Option(8, help="Demonstrations the scripted operator records through ROS (seeds seed, "
+                                          "seed+1, ...)."),
     seed: int = typer.Option(0, help="First recorded episode's seed."),
+    extra_demos: int = typer.Option(LoopSettings.extra_demos, help="More demonstrations recorded in-process into "
+                                    "the same dataset (seeds from 100) before training."),
     until: str = typer.Option("replay", help="Last stage: record, train, eval or replay (the whole loop)."),
-    train_steps: int = typer.Option(600, help="Training steps of each tiny policy (SF and baseline)."),
-    eval_episodes: int = typer.Option(5, help="Closed-loop episodes per checkpoint, on scenes never recorded."),
+    preset: str = typer.Option(LoopSettings.preset, help="Training preset (sf_policy/train/configs)."),
+    train_steps: int = typer.Option(LoopSettings.train_steps, help="Training steps of each policy."),
+    sf: bool = typer.Option(LoopSettings.sf, "--sf/--no-sf", help="Also train Spatial Forcing (α = 0.5) beside the "
+                            "baseline (twice the training time)."),
+    eval_episodes: int = typer.Option(LoopSettings.eval_episodes, help="Closed-loop episodes per checkpoint, on "
+                                      "scenes never recorded."),
     eval_seed: int = typer.Option(1000, help="First evaluation scene's seed."),
+    seen_episodes: int = typer.Option(LoopSettings.seen_episodes, help="Also run the baseline on this many of its "
+                                      "training scenes (the consistency check; 0: skip)."),
     bags: bool = typer.Option(True, "--bags/--no-bags", help="Also record raw MCAP bags (~70 MB per episode) and "
                                                             "replay the held-out one from its bag."),
     drivers: bool = typer.Option(False, "--drivers", help="Instead: the driver graph on CAN-level simulated arms."),
@@ -98,8 +108,8 @@ def demo(
     motion_s: float = typer.Option(4.0, help="--drivers: seconds of commanded motion."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the nodes' logs live."),
 ):
-    """The whole loop on this machine: record the twin over ROS 2 → train tiny SF and baseline
-    policies → evaluate them closed-loop in the twin → replay report."""
+    """The whole loop on this machine: record the twin over ROS 2 → train a π0 from scratch (and SF
+    with --sf) → evaluate it closed-loop in the twin on new scenes → replay report."""
     from . import demo as demo_mod
 
     if drivers:
@@ -111,7 +121,9 @@ def demo(
                       f"through the ROS graph, {episodes} episodes from seed {seed}")
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     else:
-        _demo_loop(out, task, episodes, seed, until, train_steps, eval_episodes, eval_seed, bags, verbose)
+        _demo_loop(out, verbose, task=task, episodes=episodes, seed=seed, extra_demos=extra_demos, until=until,
+                   preset=preset, train_steps=train_steps, sf=sf, eval_episodes=eval_episodes, eval_seed=eval_seed,
+                   seen_episodes=seen_episodes, bags=bags)
         return
     _print_report(report)
     console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
@@ -119,17 +131,17 @@ def demo(
     raise typer.Exit(0 if checks and all(checks.values()) else 1)
 
 
-def _demo_loop(out: Path, task: str, episodes: int, seed: int, until: str, train_steps: int, eval_episodes: int,
-               eval_seed: int, bags: bool, verbose: bool) -> None:
-    from .pipeline import STAGES, LoopSettings, run_loop
+def _demo_loop(out: Path, verbose: bool, **settings) -> None:
+    from .pipeline import STAGES, run_loop
 
     try:
-        settings = LoopSettings(task=task, episodes=episodes, seed=seed, train_steps=train_steps,
-                                eval_episodes=eval_episodes, eval_seed=eval_seed, until=until, bags=bags)
+        settings = LoopSettings(**settings)
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
-    stages = " → ".join(STAGES[:STAGES.index(until) + 1])
-    console.print(f"[bold]sf demo[/bold]: {task}, {episodes} demonstrations from seed {seed}: {stages}, into {out}")
+    s = settings
+    stages = " → ".join(STAGES[:STAGES.index(s.until) + 1])
+    console.print(f"[bold]sf demo[/bold]: {s.task}, {s.episodes} demonstrations through ROS from seed {s.seed} "
+                  f"(+{s.extra_demos} in-process): {stages}, into {out}")
     summary = run_loop(out, settings, verbose=verbose, echo=console.print)
     if "record" in summary:
         _print_report(summary["record"])

@@ -85,11 +85,17 @@ def sim_cmd(
     latency_ticks: int = typer.Option(3, help="Control ticks (1/30 s) the model takes to answer, simulated."),
     num_steps: int = typer.Option(10, help="Flow-matching steps per chunk."),
     size: int = typer.Option(224, help="Rendered camera width and height (px)."),
-    expert: bool = typer.Option(True, "--expert/--no-expert", help="Add the scripted expert as a reference row."),
+    expert: bool = typer.Option(True, "--expert/--no-expert", help="Add the scripted expert (directly, and its "
+                                "plan through the runtime as an oracle policy) as reference rows."),
+    seen_scenes: bool = typer.Option(False, "--seen-scenes", help="Allow seeds the checkpoints were trained on "
+                                     "(refused by default; the report then says 'seen scenes')."),
+    plots: int = typer.Option(3, help="Episodes per checkpoint whose trace (target, command, state) is plotted."),
+    noise_scale: float = typer.Option(1.0, help="Initial flow noise scale (sampling temperature; 1 = π0's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
 ):
-    """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side."""
-    from .eval.sim import evaluate_checkpoints, results_table
+    """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side, with
+    per-tick traces of what the safety filter limited and why (OUT/traces, OUT/results.md)."""
+    from .eval.sim import SeenScenesError, evaluate_checkpoints, limits_table, results_table
     from .sim.tasks import get_task
 
     try:
@@ -103,12 +109,20 @@ def sim_cmd(
     for checkpoint in checkpoints:
         if not checkpoint.exists():
             raise typer.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
-    results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label, num_steps=num_steps,
-                                   device=device, latency_ticks=latency_ticks, width=size, height=size,
-                                   videos=video, expert=expert)
+    if noise_scale < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--noise-scale")
+    try:
+        results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label, num_steps=num_steps,
+                                       device=device, latency_ticks=latency_ticks, width=size, height=size,
+                                       videos=video, expert=expert, plots=plots, seen_scenes=seen_scenes,
+                                       noise_scale=noise_scale)
+    except SeenScenesError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     from rich.markdown import Markdown
 
     console.print(Markdown(results_table(results)))
+    console.print(Markdown(limits_table(results)))
     console.print(f"results: {out / 'results.md'}  {out / 'results.json'}  {out / 'success.png'}")
 
 

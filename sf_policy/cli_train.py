@@ -61,11 +61,11 @@ def cache_teacher_cmd(config: str = typer.Argument(..., help="Preset or YAML fil
 
 
 def _ensure_cache(cfg, device: str = "auto") -> Path:
-    from .train.targets import build_cache
+    from .train.targets import build_cache, vla_grid
 
     if not cfg.data.root:
         raise typer.BadParameter("set data.root=<dataset directory>")
-    return build_cache(cfg.data.root, cfg.teacher, device=device).path
+    return build_cache(cfg.data.root, cfg.teacher, device=device, grid=vla_grid(cfg.policy)).path
 
 
 def main() -> None:  # `accelerate launch -m sf_policy.cli_train ...`

@@ -4,17 +4,21 @@ evaluation → replay report. What ``sf demo`` runs (README's main command).
 Every stage is the tool a user runs by hand, called with the same arguments:
 
 1. record: the twin's scripted operator through the ROS graph into a LeRobot v3 dataset
-   (``sf demo --until record`` / ``ros2 launch sf_bringup record.launch.py sim:=true``);
-2. train: ``sf train cache-teacher tiny`` then ``sf train run tiny`` twice, α = 0.5 (Spatial
-   Forcing) and α = 0 (the π0 baseline), same seed, data and steps;
-3. evaluate: ``sf eval sim`` with both checkpoints on seeded scenes that were never recorded,
-   plus the scripted expert as the reference;
-4. replay: ``sf eval replay`` of the SF checkpoint over the episode training held out, from
-   the dataset and from that episode's raw MCAP bag (the recorder writes both).
+   (``sf demo --until record`` / ``ros2 launch sf_bringup record.launch.py sim:=true``), then
+   ``extra_demos`` more demonstrations recorded in-process into the same dataset
+   (``sf_policy.sim.record.record_expert``: the recorder's frames without the ROS round trip,
+   tagged with their twin seeds), because a policy needs tens of them to generalise;
+2. train: ``sf train cache-teacher small`` then ``sf train run small``: the π0 baseline
+   (α = 0) and, with ``sf=True``, Spatial Forcing (α = 0.5) with the same seed, data and steps;
+3. evaluate: ``sf eval sim`` on seeded scenes that were never recorded, with the scripted
+   expert and its plan through the runtime (the oracle) as reference rows, then the baseline
+   again on scenes it was trained on (``seen_episodes``; the consistency check, labelled
+   "seen scenes");
+4. replay: ``sf eval replay`` of the first checkpoint over one of the episodes recorded
+   through ROS, from the dataset and from that episode's raw MCAP bag (the recorder writes both).
 
-Sizes are for a 2-core CPU (the tiny presets): the point is that every artifact is real and
-every stage connects, not that a 4-layer model trained for minutes on a handful of
-demonstrations solves the task (README: "What the demo can and cannot show").
+Sizes are for a 2-core CPU (the ``small`` preset: a π0 from scratch, docs/results/learn.md);
+README "What the demo shows" says what its figures can and cannot mean.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ STAGES = ("record", "train", "eval", "replay")
 @dataclass
 class LoopSettings:
     task: str = "grasp_vegetable"
-    episodes: int = 8            # recorded demonstrations
+    episodes: int = 8            # demonstrations recorded through ROS
     seed: int = 0                # first recorded scene
-    train_steps: int = 600
-    eval_episodes: int = 5
+    extra_demos: int = 32        # more demonstrations recorded in-process (0: none)
+    extra_seed: int = 100        # their first scene
+    preset: str = "small"
+    train_steps: int = 4000
+    sf: bool = False             # also train Spatial Forcing (α = 0.5) beside the baseline
+    eval_episodes: int = 10
     eval_seed: int = 1000        # first evaluation scene: never among the recorded ones
+    seen_episodes: int = 4       # the baseline again on this many of its training scenes (0: skip)
     latency_ticks: int = 3
     replay_every: int = 5        # one replayed chunk every this many frames
     bags: bool = True            # also record each episode's raw topics (MCAP) and replay one of them
@@ -46,8 +55,17 @@ class LoopSettings:
             raise ValueError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
         if min(self.episodes, self.train_steps, self.eval_episodes, self.replay_every) < 1:
             raise ValueError("episodes, train_steps, eval_episodes and replay_every must be at least 1")
-        if self.eval_seed < self.seed + 3 * self.episodes:  # record_nodes may try up to 3x the seeds
-            raise ValueError(f"eval_seed {self.eval_seed} overlaps the recorded seeds from {self.seed}")
+        if min(self.extra_demos, self.seen_episodes) < 0:
+            raise ValueError("extra_demos and seen_episodes must be >= 0")
+        recorded = [(self.seed, self.seed + 3 * self.episodes)]  # record_nodes may try up to 3x the seeds
+        if self.extra_demos:
+            recorded.append((self.extra_seed, self.extra_seed + 3 * self.extra_demos))
+            if self.extra_seed < self.seed + 3 * self.episodes and self.seed < self.extra_seed + 3 * self.extra_demos:
+                raise ValueError(f"extra_seed {self.extra_seed} overlaps the scenes recorded through ROS from "
+                                 f"{self.seed}")
+        for low, high in recorded:
+            if self.eval_seed < high and low < self.eval_seed + self.eval_episodes:
+                raise ValueError(f"eval_seed {self.eval_seed} overlaps the recorded seeds {low}–{high - 1}")
 
 
 def run_loop(out: Path, settings: LoopSettings, *, verbose: bool = False, echo: Callable = print) -> dict:
@@ -65,7 +83,7 @@ def run_loop(out: Path, settings: LoopSettings, *, verbose: bool = False, echo: 
                 _evaluate(out, settings, runs, summary)
         if last >= 3:
             with _Stage(summary, "replay", echo):
-                _replay(out, settings, dataset, runs["sf"], summary)
+                _replay(out, settings, dataset, runs["sf" if "sf" in runs else "baseline"], summary)
     (out / "loop.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -108,17 +126,23 @@ def _record(out: Path, s: LoopSettings, verbose: bool, echo: Callable, summary: 
 
 
 def _train(out: Path, s: LoopSettings, dataset: Path, summary: dict) -> dict[str, Path]:
+    from .sim.record import record_expert
     from .train.config import load_config
     from .train.loop import train
-    from .train.targets import build_cache
+    from .train.targets import build_cache, vla_grid
 
+    if s.extra_demos:
+        seeds = record_expert(dataset, s.task, episodes=s.extra_demos, seed=s.extra_seed)
+        summary["record"]["extra_demos"] = {"episodes": len(seeds), "seeds": seeds, "how": "in-process (record_expert)"}
     runs = {}
-    for key, name, alpha in (("sf", "tiny_sf", 0.5), ("baseline", "tiny_baseline", 0.0)):
-        cfg = load_config("tiny", [f"data.root={dataset}", f"output_dir={out / 'train'}", f"name={name}",
-                                   f"optim.steps={s.train_steps}", f"align.alpha={alpha}",
-                                   f"log.save_every={s.train_steps}", f"log.eval_every={max(s.train_steps // 3, 1)}"])
+    models = (("baseline", f"{s.preset}_baseline", 0.0),) + ((("sf", f"{s.preset}_sf", 0.5),) if s.sf else ())
+    for key, name, alpha in models:
+        cfg = load_config(s.preset, [f"data.root={dataset}", f"output_dir={out / 'train'}", f"name={name}",
+                                     f"optim.steps={s.train_steps}", f"align.alpha={alpha}",
+                                     f"log.save_every={s.train_steps}", "log.eval_every=0"])
         if cfg.aligned and cfg.teacher.mode == "cache":
-            summary["artifacts"]["teacher_cache"] = str(build_cache(cfg.data.root, cfg.teacher).path)
+            summary["artifacts"]["teacher_cache"] = str(build_cache(cfg.data.root, cfg.teacher,
+                                                                    grid=vla_grid(cfg.policy)).path)
         runs[key] = train(cfg, progress=True)
         summary["artifacts"][f"checkpoint_{key}"] = str(runs[key])
         summary.setdefault("train", {})[key] = _last_metrics(out / "train" / name / "metrics.jsonl")
@@ -136,14 +160,25 @@ def _last_metrics(path: Path) -> dict:
 
 
 def _evaluate(out: Path, s: LoopSettings, runs: dict[str, Path], summary: dict) -> None:
-    from .eval.sim import evaluate_checkpoints
+    from .eval.sim import evaluate_checkpoints, write_results
 
-    results = evaluate_checkpoints([runs["sf"], runs["baseline"]], s.task, s.eval_episodes, s.eval_seed,
-                                   out=out / "eval", labels=["SF (tiny, α=0.5)", "baseline (tiny, α=0)"],
-                                   latency_ticks=s.latency_ticks)
-    summary["eval"] = [r.summary() for r in results]
+    keys = [k for k in ("baseline", "sf") if k in runs]
+    labels = {"baseline": f"π0 baseline ({s.preset}, α=0)", "sf": f"SF ({s.preset}, α=0.5)"}
+    results = evaluate_checkpoints([runs[k] for k in keys], s.task, s.eval_episodes, s.eval_seed, out=out / "eval",
+                                   labels=[labels[k] for k in keys], latency_ticks=s.latency_ticks)
+    seen_seeds = summary["record"].get("extra_demos", {}).get("seeds", [])[:s.seen_episodes]
+    if seen_seeds:  # the consistency check: the same policy on scenes it learnt from
+        seen = evaluate_checkpoints([runs["baseline"]], s.task, len(seen_seeds), seen_seeds[0], out=out / "eval_seen",
+                                    labels=[f"{labels['baseline']} on its training scenes"], expert=False,
+                                    seen_scenes=True, latency_ticks=s.latency_ticks, plots=1)
+        results.extend(seen)
+        write_results(results, out / "eval")
+    summary["eval"] = [r.summary() | {"label": r.label} for r in results]
+    # The headline, not a check: a scaled-down run (tests, --train-steps 3) learns nothing and is still a pass.
+    summary["headline"] = {r.label: f"{r.successes}/{len(r.episodes)}" for r in results}
     summary["artifacts"]["eval_table"] = str(out / "eval" / "results.md")
     summary["artifacts"]["eval_plot"] = str(out / "eval" / "success.png")
+    summary["artifacts"]["eval_traces"] = str(out / "eval" / "traces")
 
 
 def _replay(out: Path, s: LoopSettings, dataset: Path, checkpoint: Path, summary: dict) -> None:
@@ -160,7 +195,8 @@ def _replay(out: Path, s: LoopSettings, dataset: Path, checkpoint: Path, summary
     finally:
         reader.close()
     held = sorted(heldout_positions(len(ids), cfg.data.heldout_episodes, cfg.seed))
-    episodes = [ids[i] for i in held] or ids[-1:]
+    recorded = summary["record"]["dataset"]["episodes"]  # the first ones: through ROS, with bags
+    episodes = [ids[i] for i in held if i < recorded] or ids[recorded - 1:recorded]
     result = replay(checkpoint, dataset=dataset, out=out / "replay", episodes=episodes, every=s.replay_every)
     summary["replay"] = {"episodes": episodes, "metrics": _headline(result.metrics)}
     summary["artifacts"]["replay_report"] = str(result.report_path)

@@ -32,12 +32,14 @@ def test_sf_demo_end_to_end(tmp_path):
 
 def test_sf_demo_walks_the_whole_loop(tmp_path):
     """The README's main command, scaled down: the twin's scripted operator works the recorder
-    through ROS → teacher cache → tiny SF and baseline → closed-loop eval → replay report."""
+    through ROS (+ in-process demonstrations) → teacher cache → SF and baseline → closed-loop eval
+    on new scenes and on training scenes → replay report."""
     from sf_policy.data.reader import DatasetReader
 
     sf = Path(sys.executable).parent / "sf"
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "COLUMNS": "200"}
     result = subprocess.run([str(sf), "demo", "--task", "grasp_vegetable", "--episodes", "2", "--seed", "3",
+                             "--extra-demos", "2", "--sf", "--seen-episodes", "1",
                              "--train-steps", "3", "--eval-episodes", "1", "--eval-seed", "500", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900, env=env)
     log = tmp_path / "record" / "launch.log"
@@ -48,17 +50,22 @@ def test_sf_demo_walks_the_whole_loop(tmp_path):
     # record: successful scripted episodes through the recorder, a valid dataset
     assert all(e["success"] for e in summary["record"]["episodes"])
     ds = DatasetReader(tmp_path / "record" / "dataset")
-    assert ds.num_episodes == 2 and "pick up the" in ds.episodes[0].tasks[0] and ds.num_frames > 200
+    assert ds.num_episodes == 2 + 2 and "pick up the" in ds.episodes[0].tasks[0] and ds.num_frames > 400
+    assert [e.sim_seed for e in ds.episodes[2:]] == summary["record"]["extra_demos"]["seeds"]
     # train: two checkpoints that differ only in alpha
     artifacts = summary["artifacts"]
     for key in ("checkpoint_sf", "checkpoint_baseline"):
         assert (Path(artifacts[key]) / "policy" / "policy.json").is_file()
     assert summary["train"]["sf"]["step"] == summary["train"]["baseline"]["step"] == 3
     assert "align" in summary["train"]["sf"] and "align" not in summary["train"]["baseline"]
-    # eval: both checkpoints and the expert on the same unseen scene, in a table
+    # eval: both checkpoints, the expert and the oracle on the same unseen scene, then the
+    # baseline on a scene it was trained on, in one table
     labels = [r["label"] for r in summary["eval"]]
-    assert labels == ["SF (tiny, α=0.5)", "baseline (tiny, α=0)", "scripted expert (reference)"]
-    assert summary["eval"][2]["successes"] == 1
+    assert labels == ["π0 baseline (small, α=0)", "SF (small, α=0.5)", "scripted expert (direct)",
+                      "expert plan via runtime (oracle)", "π0 baseline (small, α=0) on its training scenes"]
+    assert summary["eval"][2]["successes"] == summary["eval"][3]["successes"] == 1
+    assert summary["eval"][4]["seeds"][0] == summary["record"]["extra_demos"]["seeds"][0]
+    assert set(summary["headline"]) == set(labels)
     assert "95 % CI" in Path(artifacts["eval_table"]).read_text() and Path(artifacts["eval_plot"]).is_file()
     # replay: a report on the held-out episode
     assert Path(artifacts["replay_report"]).is_file() and Path(artifacts["replay_markdown"]).is_file()

@@ -96,8 +96,9 @@ def test_checkpoints_side_by_side_are_reproducible_and_reported(tmp_path):
                                  videos=True, **quick)
     again = evaluate_checkpoints([checkpoint], TASK, 1, SEED, out=tmp_path / "b", labels=["tiny"], expert=False,
                                  **quick)
-    assert [r.label for r in first] == ["tiny", "scripted expert (reference)"]
-    assert first[1].successes == 1  # the reference row: the expert solves its own scene
+    assert [r.label for r in first] == ["tiny", "scripted expert (direct)", "expert plan via runtime (oracle)"]
+    assert first[1].successes == 1  # the reference rows: the expert solves its own scene,
+    assert first[2].successes == 1  # and so does its plan through the scheduler and the filter
     assert first[0].episodes[0].ticks == again[0].episodes[0].ticks == 45
     assert first[0].episodes[0].max_step_rad == again[0].episodes[0].max_step_rad  # same noise, same episode
     data = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -105,6 +106,9 @@ def test_checkpoints_side_by_side_are_reproducible_and_reported(tmp_path):
     table = (tmp_path / "a" / "results.md").read_text()
     assert "| tiny | grasp_vegetable | 0/1 |" in table or "| tiny | grasp_vegetable | 1/1 |" in table
     assert (tmp_path / "a" / "success.png").stat().st_size > 1000
+    assert "## Where the safety filter limited the commands" in table
+    assert (tmp_path / "a" / "traces" / f"tiny_seed{SEED}.png").is_file()
+    assert data[0]["summary"]["limits"]["commanded_ticks"] > 0
     video = Path(first[0].episodes[0].video)
     assert video.is_file() and video.stat().st_size > 1000
 
@@ -137,3 +141,51 @@ def test_paired_comparison_counts_discordant_scenes_and_tests_them():
     assert p["p_value"] == pytest.approx(2 / 2**8)  # 8 discordant scenes, all one way
     assert paired(sf, sf)["p_value"] == 1.0
     assert "only sf 8, only base 0" in paired_text([sf, base])
+
+
+def test_the_expert_plan_is_an_oracle_through_the_runtime_and_is_traced(tmp_path):
+    from sf_policy.eval.sim import ExpertPlan, evaluate, limits_table
+    from sf_policy.eval.trace import EpisodeTrace, limit_shares
+
+    plan = ExpertPlan()
+    result = evaluate(plan, TASK, 2, SEED, label="oracle", trace_dir=tmp_path, plots=1, cameras=(), progress=False)
+    assert result.successes == 2  # a perfect plan succeeds through scheduler + filter
+    limits = result.summary()["limits"]
+    assert limits["commanded_ticks"] == sum(e.ticks - e.held_ticks for e in result.episodes)
+    assert limits["any"] < 0.2  # the demonstrations mostly stay inside the filter's limits
+    assert set(limits["by_cause"]) == {"position", "speed", "accel"}
+    assert (tmp_path / f"oracle_seed{SEED}.png").is_file() and not (tmp_path / f"oracle_seed{SEED + 1}.png").exists()
+    trace = EpisodeTrace.load(tmp_path / f"oracle_seed{SEED}.npz")
+    assert len(trace.tick) == result.episodes[0].ticks
+    assert limit_shares([trace])["commanded_ticks"] == result.episodes[0].ticks - result.episodes[0].held_ticks
+    assert np.asarray(trace.merged).sum() == result.episodes[0].chunks
+    # the last episode's plan is still in the oracle: every executed target is its step for that tick
+    last = EpisodeTrace.load(tmp_path / f"oracle_seed{SEED + 1}.npz")
+    ticks, steps = np.asarray(last.tick), np.asarray(last.step)
+    commanded = steps >= 0
+    np.testing.assert_allclose(np.asarray(last.target)[commanded],
+                               plan.targets[np.minimum(ticks[commanded], len(plan.targets) - 1)], atol=1e-12)
+    assert "oracle" in limits_table([result])
+
+
+def test_a_jittery_policy_is_limited_by_acceleration_and_the_trace_says_so(twin, expert_demo):
+    """The finding of issue 13: a chunk whose steps jitter around a good trajectory (an
+    under-trained flow passing its noise through) is accel-limited on most ticks."""
+    from sf_policy.eval.trace import EpisodeTrace, limit_shares
+
+    rng = np.random.default_rng(0)
+    smooth = oracle(expert_demo)
+
+    def jittery(sample):
+        chunk = smooth(sample).copy()
+        chunk[:, 7:13] += rng.normal(0.0, 0.03, size=(len(chunk), 6))
+        return chunk
+
+    traces = {}
+    for name, infer in (("smooth", smooth), ("jittery", jittery)):
+        traces[name] = EpisodeTrace(seed=SEED)
+        run_episode(twin, infer, SEED, latency_ticks=3, trace=traces[name], max_ticks=120)
+    quiet, noisy = limit_shares([traces["smooth"]]), limit_shares([traces["jittery"]])
+    assert quiet["by_cause"]["accel"] < 0.1
+    assert noisy["by_cause"]["accel"] > 0.5 and noisy["by_cause"]["accel"] > 5 * quiet["by_cause"]["accel"]
+    assert "right_joint2" in noisy["by_joint"]

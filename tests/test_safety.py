@@ -294,3 +294,25 @@ def test_scheduler_into_filter_gives_bounded_steps_for_any_chunks(seed, mode, la
         dt = min(k - previous_tick, 2) * P
         assert (np.abs(action - previous) <= filt.max_speed * dt + EPS).all()
         previous_tick, previous = k, action
+
+
+def test_every_limited_joint_says_whether_speed_or_acceleration_limited_it():
+    filt = make(velocity_scale=0.5, max_accel=10.0)
+    target = REST.copy()
+    target[7] = 2.0  # right joint1: a 2 rad jump, ramped up by acceleration, then cruising at the cap
+    decisions = run(filt, [target] * 40)
+    causes = [dict(zip(d.limited_joints, d.limit_causes)).get("right_joint1") for d in decisions]
+    assert causes[0] == "accel"  # from rest the speed may only grow by a*dt per tick
+    assert "speed" in causes and causes.index("speed") > 0  # then it cruises at the cap
+    assert all(len(d.limit_causes) == len(d.limited_joints) for d in decisions)
+    counts = filt.limit_counts()["right_joint1"]
+    assert counts["accel"] == causes.count("accel") and counts["speed"] == causes.count("speed")
+
+
+def test_limit_counts_name_clamps_by_joint():
+    filt = make()
+    wild = REST.copy()
+    wild[GRIPPER_INDICES[1]] = 0.5
+    run(filt, [wild] * 5)
+    assert filt.limit_counts()["right_gripper"]["position"] == 5
+    assert "left_joint1" not in filt.limit_counts()

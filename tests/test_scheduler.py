@@ -446,3 +446,24 @@ def test_adaptive_refill_asks_earlier_for_a_slow_model(rigs):
 def test_scheduler_rejects_an_unknown_error_policy():
     with pytest.raises(ValueError, match="on_error must be one of hold, continue"):
         ChunkScheduler(on_trajectory, on_error="retry")
+
+
+def test_tick_info_says_which_chunk_step_ran_and_where_merges_and_blends_were(rigs):
+    rig = rigs(latency=3, execute_steps=25, refill_at=15, mode="blend", blend_steps=10)
+    infos = []
+    for k in range(60):
+        rig.step(k)
+        infos.append(rig.sched.last_tick_info)
+    assert [i.tick for i in infos] == list(range(60))
+    assert all(i.chunk is None for i in infos[:3])  # nothing before the first chunk
+    first = infos[3]
+    assert first.merged and first.skip == 3 and (first.chunk, first.step) == (1, 3) and first.blend == 1.0
+    # each command is its chunk's step for its own tick: step = tick - the chunk's observation tick
+    merges = [i for i in infos if i.merged]
+    assert len(merges) >= 4 and all(m.skip == 3 for m in merges)
+    second = merges[1]
+    assert second.chunk == 2 and second.blend == pytest.approx(1 / 11)  # the cross-fade starts at 1/11
+    after = infos[second.tick + 10]
+    assert after.chunk in (2, 3) and after.blend == 1.0 or after.merged
+    for i in infos[3:]:
+        assert 0 <= i.step < 25 and i.chunk >= 1

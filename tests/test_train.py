@@ -82,6 +82,44 @@ def test_whole_episodes_are_held_out(twin_dataset):
     assert sorted(held.tolist()) == list(range(ep.from_index, ep.to_index))
 
 
+def test_a_held_out_count_that_leaves_nothing_to_train_on_is_refused_naming_the_field(twin_dataset):
+    with pytest.raises(ValueError, match=r"data.heldout_episodes=3 holds out all 3 episode\(s\)"):
+        split_episodes(twin_dataset, heldout=3, seed=0)
+    with pytest.raises(ValueError, match="data.heldout_episodes must be >= 0"):
+        split_episodes(twin_dataset, heldout=-1, seed=0)
+    train, held = split_episodes(twin_dataset, heldout=0.9, seed=0)  # a fraction always leaves one episode
+    assert len(train) > 0 and len(held) > 0
+
+
+def test_recorded_twin_episodes_know_their_scene_and_a_split_knows_what_it_trained_on(twin_dataset):
+    from sf_policy.data.reader import DatasetReader
+    from sf_policy.train.data import training_scenes
+
+    with DatasetReader(twin_dataset) as reader:
+        seeds = [ep.sim_seed for ep in reader.episodes]
+    assert seeds == [0, 1, 2]  # record_expert tags each episode with the twin seed it was recorded in
+    trained, unknown = training_scenes(twin_dataset, heldout=1, seed=0)
+    assert len(trained) == 2 and trained < {0, 1, 2} and unknown == 0
+
+
+def test_decoded_frames_equal_the_videos_and_feed_the_same_samples(twin_dataset, tmp_path):
+    from sf_policy.data.decoded import DecodedFrames
+    from sf_policy.train.data import ChunkDataset
+
+    decoded = DecodedFrames.ensure(twin_dataset, cache_root=tmp_path, progress=False)
+    again = DecodedFrames.ensure(twin_dataset, cache_root=tmp_path, progress=False)  # built once, then found
+    assert again.paths == decoded.paths and all(p.is_file() for p in decoded.paths.values())
+    assert not list(tmp_path.glob("*.tmp"))
+    from_video, from_disk = ChunkDataset(twin_dataset), ChunkDataset(twin_dataset, decoded=decoded)
+    assert len(decoded) == len(from_video)
+    for i in (0, len(from_video) // 2, len(from_video) - 1):
+        a, b = from_video[i], from_disk[i]
+        assert a["prompt"] == b["prompt"] and a["index"] == b["index"]
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+        for role, image in a["images"].items():
+            np.testing.assert_array_equal(image, b["images"][role])
+
+
 # -- training
 
 
@@ -209,3 +247,59 @@ def test_ema_accumulation_and_lora_export_a_merged_ema_policy(twin_dataset, tmp_
     exported = load_policy(final)  # LoRA merged, EMA weights in
     assert not any("lora_" in n for n, _ in exported.named_parameters())
     torch.testing.assert_close(exported.pi0.action_out_proj.weight, ema[head])
+
+
+def test_sim_eval_refuses_training_scenes_unless_told_and_then_says_seen(twin_dataset, tmp_path):
+    from sf_policy.eval.sim import SeenScenesError, evaluate_checkpoints
+    from sf_policy.train.checkpoint import trained_scenes
+    from sf_policy.train.loop import train
+
+    cfg = tiny(twin_dataset, tmp_path, "optim.steps=2", "align.alpha=0", "log.eval_every=0", "data.heldout_episodes=1")
+    final = train(cfg, progress=False)
+    trained = trained_scenes(final)
+    assert len(trained) == 2 and json.loads((final / "dataset.json").read_text())["train_sim_seeds"] == sorted(trained)
+    seen = min(trained)
+    quick = {"width": 32, "height": 32, "max_ticks": 3, "expert": False, "progress": False, "plots": 0}
+    with pytest.raises(SeenScenesError, match=rf"trained on 1 of the 1 evaluation scenes \(seeds {seen}\).*--seen-scenes"):
+        evaluate_checkpoints([final], "grasp_vegetable", 1, seen, out=tmp_path / "eval", **quick)
+    (result,) = evaluate_checkpoints([final], "grasp_vegetable", 1, seen, out=tmp_path / "eval", seen_scenes=True,
+                                     **quick)
+    assert result.seen_seeds == [seen]
+    report = (tmp_path / "eval" / "results.md").read_text()
+    assert "**Seen scenes**" in report and "(seen scenes: 1/1)" in report
+    (unseen,) = evaluate_checkpoints([final], "grasp_vegetable", 1, 100, out=tmp_path / "eval2", **quick)
+    assert unseen.seen_seeds == []
+    cli = subprocess.run([str(Path(sys.executable).parent / "sf"), "eval", "sim", "-c", str(final), "--task",
+                          "grasp_vegetable", "--episodes", "1", "--seed", str(seen), "--no-expert",
+                          "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "--seen-scenes" in cli.stdout + cli.stderr
+
+
+def test_state_dropout_blanks_the_state_input_of_some_samples_only_in_training(twin_dataset, tmp_path):
+    from sf_policy.train.loop import Trainer
+
+    trainer = Trainer(tiny(twin_dataset, tmp_path, "optim.steps=1", "align.alpha=0", "log.eval_every=0",
+                           "data.state_dropout=0.5", "data.workers=0"))
+    batch = next(iter(trainer.loader))
+    state = torch.randn(64, batch["state"].shape[1])
+    dropped = trainer._drop_state({**batch, "state": state})["state"]
+    blank = (dropped == 0).all(dim=1)
+    assert 10 < int(blank.sum()) < 54  # about half, and whole samples: kept rows are untouched
+    torch.testing.assert_close(dropped[~blank], state[~blank])
+    with pytest.raises(ConfigError, match=r"data.state_dropout must be in \[0, 1\)"):
+        tiny(twin_dataset, tmp_path, "data.state_dropout=1.0")
+
+
+def test_the_small_recipe_tokenizer_knows_the_task_words(twin_dataset, tmp_path):
+    from sf_policy.data.reader import DatasetReader
+    from sf_policy.train.loop import Trainer
+
+    cfg = load_config("small", [f"data.root={twin_dataset}", f"output_dir={tmp_path}", "optim.steps=1",
+                                "align.alpha=0", "data.frames=video", "data.workers=0"])
+    trainer = Trainer(cfg)
+    tokenizer = trainer.policy.processor.tokenizer
+    with DatasetReader(twin_dataset) as reader:
+        prompt = reader.episodes[0].task
+    vegetable = prompt.split()[3]  # "pick up the <vegetable> with the right gripper"
+    assert f"Ġ{vegetable}" in tokenizer.tokenize(prompt)  # one token, not five pieces
+    assert trainer.policy.processor.config.image_size == 112  # the small size's cameras

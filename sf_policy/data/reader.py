@@ -160,6 +160,7 @@ class EpisodeInfo:
     to_index: int
     data_file: Path
     videos: dict[str, VideoSegment] = field(default_factory=dict)  # camera role -> segment
+    sim_seed: int | None = None  # the twin's scene, for an episode recorded in simulation
 
     @property
     def task(self) -> str:
@@ -191,7 +192,8 @@ class DatasetReader:
                   for k in self.video_keys}
         return EpisodeInfo(index=row["episode_index"], tasks=tuple(row.get("tasks") or ()), length=row["length"],
                            from_index=row["dataset_from_index"], to_index=row["dataset_to_index"],
-                           data_file=self.root / data_file(self.info, row), videos=videos)
+                           data_file=self.root / data_file(self.info, row), videos=videos,
+                           sim_seed=row.get("sim/seed"))
 
     @property
     def num_episodes(self) -> int:

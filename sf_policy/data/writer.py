@@ -99,8 +99,9 @@ class EpisodeSummary:
 class Episode:
     """Frames of one episode; encoders run while it records. Save or discard it exactly once."""
 
-    def __init__(self, writer: DatasetWriter, task: str, staging: Path):
+    def __init__(self, writer: DatasetWriter, task: str, staging: Path, sim_seed: int | None = None):
         self.task = task
+        self.sim_seed = sim_seed
         self.staging = staging
         self._writer = writer
         features = writer.features
@@ -284,8 +285,14 @@ def data_schema(features: dict) -> pa.Schema:
     return pa.schema(fields)
 
 
-def episode_schema(features: dict) -> pa.Schema:
-    """A meta/episodes row, with the columns LeRobot writes, in its order."""
+#: meta/episodes column of an episode recorded in the twin: its scene's seed (ours, not LeRobot's;
+#: LeRobot carries unknown columns along).
+SIM_SEED = "sim/seed"
+
+
+def episode_schema(features: dict, sim: bool = False) -> pa.Schema:
+    """A meta/episodes row, with the columns LeRobot writes, in its order (and ``sim/seed`` last
+    for an episode recorded in the twin)."""
     i64, f64 = pa.int64(), pa.float64()
     fields = [("episode_index", i64), ("tasks", pa.list_(pa.string())), ("length", i64),
               ("data/chunk_index", i64), ("data/file_index", i64), ("dataset_from_index", i64),
@@ -296,6 +303,8 @@ def episode_schema(features: dict) -> pa.Schema:
     for key in stats_features(features):
         fields += [(f"stats/{key}/{stat}", _stat_type(features[key], stat)) for stat in stats_mod.STAT_KEYS]
     fields += [("meta/episodes/chunk_index", i64), ("meta/episodes/file_index", i64)]
+    if sim:
+        fields.append((SIM_SEED, i64))
     return pa.schema(fields)
 
 
@@ -468,13 +477,18 @@ class DatasetWriter:
 
     # -- episodes
 
-    def begin_episode(self, task: str) -> Episode:
+    def begin_episode(self, task: str, sim_seed: int | None = None) -> Episode:
+        """A new episode of ``task``. ``sim_seed``: the twin's scene it was recorded in, kept in
+        its meta/episodes row (``sim/seed``) so an evaluation can refuse scenes a policy was
+        trained on; ``None`` for the robot."""
         if self._lock_fd is None:
             raise DatasetError(f"{self.root}: writer is closed")
         if not isinstance(task, str) or not task.strip():
             raise ValueError("task must be a non-empty string")
+        if sim_seed is not None and (isinstance(sim_seed, bool) or not isinstance(sim_seed, (int, np.integer))):
+            raise ValueError(f"sim_seed must be an integer (the twin's seed) or None, got {sim_seed!r}")
         staging = _staging_dir(self.root)
-        episode = Episode(self, task, staging)
+        episode = Episode(self, task, staging, None if sim_seed is None else int(sim_seed))
         with self._active_lock:
             self._active.add(episode)
         return episode
@@ -535,7 +549,8 @@ class DatasetWriter:
         if tasks is not None:
             _write_parquet(staged / "tasks.parquet", tasks_table(tasks))
             targets.append(("tasks", staged / "tasks.parquet", self.root / TASKS_PATH))
-        _write_parquet(staged / "episode.parquet", pa.Table.from_pylist([row], schema=episode_schema(self.features)))
+        schema = episode_schema(self.features, sim=SIM_SEED in row)
+        _write_parquet(staged / "episode.parquet", pa.Table.from_pylist([row], schema=schema))
         targets.append(("meta", staged / "episode.parquet", self.root / EPISODES_PATH.format(**loc)))
         _write_json(staged / "stats.json", stats_mod.to_jsonable(dataset_stats))
         targets.append(("stats", staged / "stats.json", self.root / STATS_PATH))
@@ -566,6 +581,8 @@ class DatasetWriter:
         for key in stats_features(self.features):
             row |= {f"stats/{key}/{stat}": np.asarray(v).tolist() for stat, v in ep_stats[key].items()}
         row |= {"meta/episodes/chunk_index": loc["chunk_index"], "meta/episodes/file_index": loc["file_index"]}
+        if episode.sim_seed is not None:
+            row[SIM_SEED] = episode.sim_seed
         return row
 
     def _info_with(self, episodes: int, frames: int, tasks: int) -> dict:

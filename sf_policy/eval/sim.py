@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.clock import ManualClock
-from ..runtime.safety import SafetyFilter
+from ..runtime.safety import LIMIT_CAUSES, POSITION, SafetyFilter
 from ..runtime.scheduler import ChunkScheduler, policy_infer
 from ..sim.twin import CONTROL_HZ, Twin
+from .trace import EpisodeTrace, limit_shares, plot_trace
 
 PERIOD = 1.0 / CONTROL_HZ
 WAIT_S = 600.0  # a model that has not answered in 10 minutes is broken, not slow
@@ -55,6 +57,8 @@ class EpisodeOutcome:
     limited_ticks: int          # ticks the filter clamped or rate-limited the command
     max_step_rad: float         # largest per-tick change of an arm joint command (smoothness)
     video: str | None = None
+    limited_by_cause: dict[str, int] = field(default_factory=dict)  # ticks with a speed/accel/position change
+    trace: str | None = None    # the per-tick trace (.npz) and its plot (.png), when kept
 
 
 @dataclass
@@ -64,6 +68,8 @@ class SimEvalResult:
     task: str
     latency_ticks: int
     episodes: list[EpisodeOutcome] = field(default_factory=list)
+    traces: list[EpisodeTrace] = field(default_factory=list, repr=False)  # per episode, when traced
+    seen_seeds: list[int] = field(default_factory=list)  # evaluation scenes the checkpoint trained on
 
     @property
     def successes(self) -> int:
@@ -81,12 +87,13 @@ class SimEvalResult:
         low, high = self.interval
         successful = [e.ticks for e in self.episodes if e.success]
         return {"label": self.label, "checkpoint": self.checkpoint, "task": self.task, "episodes": len(self.episodes),
-                "successes": self.successes, "success_rate": self.success_rate, "ci95": [low, high],
+                "seeds": [e.seed for e in self.episodes], "successes": self.successes, "success_rate": self.success_rate, "ci95": [low, high],
                 "mean_success_seconds": float(np.mean(successful)) / CONTROL_HZ if successful else None,
                 "held_fraction": _fraction(self.episodes, "held_ticks"),
                 "limited_fraction": _fraction(self.episodes, "limited_ticks"),
                 "max_step_rad": max((e.max_step_rad for e in self.episodes), default=0.0),
-                "latency_ticks": self.latency_ticks}
+                "latency_ticks": self.latency_ticks, "seen_scenes": len(self.seen_seeds),
+                "limits": limit_shares(self.traces) if self.traces else None}
 
 
 def _fraction(episodes: Sequence[EpisodeOutcome], key: str) -> float:
@@ -126,9 +133,13 @@ class RuntimeSettings:
 
 def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 3,
                 runtime: RuntimeSettings | None = None, video: Path | None = None,
-                max_ticks: int | None = None) -> EpisodeOutcome:
+                max_ticks: int | None = None, trace: EpisodeTrace | None = None) -> EpisodeOutcome:
     """One seeded episode of the policy behind ``infer`` driving the twin until success or the
-    task's step limit (or ``max_ticks``, if shorter: quick checks)."""
+    task's step limit (or ``max_ticks``, if shorter: quick checks). ``trace``: filled tick by
+    tick (``sf_policy.eval.trace``).
+
+    The observation handed to ``infer`` also carries ``"tick"`` (the control tick it was taken
+    at), which only privileged policies (``ExpertPlan``) read; ``policy_infer`` drops it."""
     runtime = runtime or RuntimeSettings()
     obs = twin.reset(seed)
     prompt = twin.info.get("prompt") or twin.task.name
@@ -140,6 +151,7 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
     safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale)
     frames: list[np.ndarray] = []
     held = limited = 0
+    by_cause: Counter[str] = Counter()
     max_step, previous = 0.0, None
     requested_at: int | None = None
     success = False
@@ -153,8 +165,12 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
                 if not scheduler.wait_idle(WAIT_S):
                     raise TimeoutError(f"seed {seed}: the model did not answer within {WAIT_S:.0f} s")
                 requested_at = None
-            scheduler.observe({"images": obs.images, "state": obs.state.astype(np.float32), "prompt": prompt}, now)
-            decision = safety.filter(scheduler.tick(now), obs.state, 0.0, now)
+            scheduler.observe({"images": obs.images, "state": obs.state.astype(np.float32), "prompt": prompt,
+                               "tick": k}, now)
+            raw = scheduler.tick(now)
+            decision = safety.filter(raw, obs.state, 0.0, now)
+            if trace is not None:
+                trace.add(scheduler.last_tick_info, raw, decision, obs.state)
             if requested_at is None and scheduler.in_flight:  # the tick asked for a chunk: latency starts now
                 requested_at = k
             if decision.action is None:
@@ -163,6 +179,8 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
             else:
                 target = decision.action
                 limited += bool(decision.clamped or decision.limited)
+                for cause in set(decision.limit_causes) | ({POSITION} if decision.clamped else set()):
+                    by_cause[cause] += 1
                 if previous is not None:
                     max_step = max(max_step, float(np.abs(_arm_joints(target - previous)).max()))
                 previous = target
@@ -181,7 +199,8 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
     if video is not None and frames:
         write_video(video, [f for f in frames if f is not None])
     return EpisodeOutcome(seed=seed, success=bool(success), ticks=twin.tick, chunks=stats.chunks, held_ticks=held,
-                          limited_ticks=limited, max_step_rad=max_step, video=str(video) if video else None)
+                          limited_ticks=limited, max_step_rad=max_step, video=str(video) if video else None,
+                          limited_by_cause={c: by_cause[c] for c in LIMIT_CAUSES})
 
 
 def _arm_joints(q14: np.ndarray) -> np.ndarray:
@@ -208,32 +227,89 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = CONTROL_HZ)
 def evaluate(infer: Callable, task: str, episodes: int, seed: int = 0, *, label: str = "policy",
              checkpoint: str = "", latency_ticks: int = 3, runtime: RuntimeSettings | None = None,
              width: int = 224, height: int = 224, video_dir: Path | None = None, max_ticks: int | None = None,
-             progress: bool = True) -> SimEvalResult:
-    """``episodes`` seeded episodes (seeds ``seed …``) of ``infer`` on ``task``."""
+             trace_dir: Path | None = None, plots: int = 3, progress: bool = True,
+             cameras: tuple[str, ...] | None = None) -> SimEvalResult:
+    """``episodes`` seeded episodes (seeds ``seed …``) of ``infer`` on ``task``.
+
+    Every episode is traced (``sf_policy.eval.trace``): the result's ``limits`` says which joint
+    the safety filter limited, why, and how often. With ``trace_dir`` each trace is saved there
+    (``<label>_seed<s>.npz``) and the first ``plots`` episodes are drawn (``.png``).
+    ``infer`` may have ``begin_episode(twin, seed)``, called before each episode (``ExpertPlan``)."""
     from tqdm import tqdm
 
     result = SimEvalResult(label=label, checkpoint=checkpoint, task=task, latency_ticks=latency_ticks)
-    twin = Twin(task, width=width, height=height)
+    twin = Twin(task, width=width, height=height, **({} if cameras is None else {"cameras": cameras}))
     try:
         bar = tqdm(range(seed, seed + episodes), desc=f"{label} on {task}", unit="ep", disable=not progress)
-        for s in bar:
-            video = video_dir / f"{label}_seed{s}.mp4" if video_dir is not None else None
-            result.episodes.append(run_episode(twin, infer, s, latency_ticks=latency_ticks, runtime=runtime,
-                                               video=video, max_ticks=max_ticks))
+        for n, s in enumerate(bar):
+            if hasattr(infer, "begin_episode"):
+                infer.begin_episode(twin, s)
+            video = video_dir / f"{_slug(label)}_seed{s}.mp4" if video_dir is not None else None
+            trace = EpisodeTrace(seed=s)
+            outcome = run_episode(twin, infer, s, latency_ticks=latency_ticks, runtime=runtime, video=video,
+                                  max_ticks=max_ticks, trace=trace)
+            if trace_dir is not None:
+                stem = trace_dir / f"{_slug(label)}_seed{s}"
+                outcome.trace = str(trace.save(stem.with_suffix(".npz")))
+                if n < plots:
+                    verdict = "success" if outcome.success else "failure"
+                    plot_trace(trace, stem.with_suffix(".png"), title=f"{label}, {task} seed {s}: {verdict}")
+            result.episodes.append(outcome)
+            result.traces.append(trace)
             bar.set_postfix(success=f"{result.successes}/{len(result.episodes)}")
     finally:
         twin.close()
     return result
 
 
+def _slug(label: str) -> str:
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in label).strip("_") or "policy"
+
+
+class ExpertPlan:
+    """The oracle policy: the scripted expert's own targets for the seed, served as chunks.
+
+    ``begin_episode`` runs the expert once on the seed's scene and keeps its master targets;
+    each request then returns the targets from the observation's tick on (the last one held
+    past the end). A perfect policy, so what it loses through the scheduler and the safety
+    filter (latency, merging, rate limits) is what the runtime costs any policy."""
+
+    def __init__(self, chunk_size: int = 50):
+        self.chunk_size = chunk_size
+        self.targets: np.ndarray | None = None
+
+    def begin_episode(self, twin: Twin, seed: int) -> None:
+        from ..sim.experts import make_expert
+
+        twin.reset(seed)
+        expert = make_expert(twin)
+        targets = []
+        while not twin.done():
+            targets.append(expert.act())
+            twin.step(targets[-1])
+            if twin.success():
+                break
+        self.targets = np.asarray(targets, dtype=np.float64)
+
+    def __call__(self, observation) -> np.ndarray:
+        if self.targets is None:
+            raise RuntimeError("ExpertPlan: begin_episode() was not called")
+        steps = np.minimum(int(observation["tick"]) + np.arange(self.chunk_size), len(self.targets) - 1)
+        return self.targets[steps]
+
+
+EXPERT_LABEL = "scripted expert (direct)"
+ORACLE_LABEL = "expert plan via runtime (oracle)"
+
+
 def expert_reference(task: str, episodes: int, seed: int = 0, progress: bool = True) -> SimEvalResult:
-    """The scripted operator on the same seeds: the ceiling the demonstrations set (it reads the
-    true object poses, so it is a reference, not a competitor)."""
+    """The scripted operator on the same seeds, driving the twin directly: the ceiling the
+    demonstrations set (it reads the true object poses, so it is a reference, not a competitor)."""
     from tqdm import tqdm
 
     from ..sim.experts import run_episode as run_expert
 
-    result = SimEvalResult(label="scripted expert (reference)", checkpoint="", task=task, latency_ticks=0)
+    result = SimEvalResult(label=EXPERT_LABEL, checkpoint="", task=task, latency_ticks=0)
     twin = Twin(task, cameras=())
     try:
         for s in tqdm(range(seed, seed + episodes), desc=f"expert on {task}", unit="ep", disable=not progress):
@@ -245,13 +321,29 @@ def expert_reference(task: str, episodes: int, seed: int = 0, progress: bool = T
     return result
 
 
+def oracle_reference(task: str, episodes: int, seed: int = 0, *, latency_ticks: int = 3,
+                     runtime: RuntimeSettings | None = None, trace_dir: Path | None = None, plots: int = 1,
+                     progress: bool = True) -> SimEvalResult:
+    """The expert's plan as a policy through the same scheduler and safety filter as a
+    checkpoint (``ExpertPlan``): 100 % here and near-zero limiting means the runtime chain is
+    sound, and a learned policy's failures are the policy's."""
+    return evaluate(ExpertPlan(), task, episodes, seed, label=ORACLE_LABEL, latency_ticks=latency_ticks,
+                    runtime=runtime, trace_dir=trace_dir, plots=plots, progress=progress, cameras=())
+
+
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes: int, seed: int = 0, *,
                          out: Path, labels: Sequence[str] | None = None, num_steps: int = 10, device: str = "auto",
                          latency_ticks: int = 3, runtime: RuntimeSettings | None = None, width: int = 224,
                          height: int = 224, videos: bool = False, expert: bool = True,
-                         max_ticks: int | None = None, progress: bool = True) -> list[SimEvalResult]:
-    """Each checkpoint on the same seeds (and the scripted expert as a reference row when
-    ``expert``); writes ``results.json``, ``results.md`` and a plot to ``out``."""
+                         max_ticks: int | None = None, plots: int = 3, seen_scenes: bool = False,
+                         noise_scale: float = 1.0, progress: bool = True) -> list[SimEvalResult]:
+    """Each checkpoint on the same seeds, and with ``expert`` two reference rows: the scripted
+    expert driving the twin directly, and its plan through the runtime (``oracle_reference``).
+    Writes ``results.json``, ``results.md``, ``success.png`` and ``traces/`` (every episode's
+    per-tick trace, the first ``plots`` of each row drawn) to ``out``.
+
+    Scenes a checkpoint was trained on are refused (``SeenScenesError``) unless ``seen_scenes``:
+    then they are scored and the report says how many of them were seen."""
     import torch
 
     from ..runtime.inference import load_for_inference
@@ -259,20 +351,57 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes:
     labels = list(labels) if labels else [_label(c) for c in checkpoints]
     if len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+    seen = {str(c): seen_seeds(c, range(seed, seed + episodes), allow=seen_scenes) for c in checkpoints}
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for checkpoint, label in zip(checkpoints, labels, strict=True):
-        policy = load_for_inference(checkpoint, device=device)
+        policy = load_for_inference(checkpoint, device=device, noise_scale=noise_scale)
         torch.manual_seed(seed)  # the flow-matching noise: reruns give the same episodes
         results.append(evaluate(policy_infer(policy, num_steps), task, episodes, seed, label=label,
                                 checkpoint=str(checkpoint), latency_ticks=latency_ticks, runtime=runtime,
                                 width=width, height=height, video_dir=out / "videos" if videos else None,
-                                max_ticks=max_ticks, progress=progress))
+                                max_ticks=max_ticks, trace_dir=out / "traces", plots=plots, progress=progress))
+        results[-1].seen_seeds = seen[str(checkpoint)]
         del policy
     if expert:
         results.append(expert_reference(task, episodes, seed, progress))
+        results.append(oracle_reference(task, episodes, seed, latency_ticks=latency_ticks, runtime=runtime,
+                                        trace_dir=out / "traces", plots=min(plots, 1), progress=progress))
     write_results(results, out)
     return results
+
+
+class SeenScenesError(ValueError):
+    """The evaluation seeds include scenes the checkpoint was trained on."""
+
+
+def seen_seeds(checkpoint: str | Path, seeds: Sequence[int], allow: bool = False) -> list[int]:
+    """The evaluation seeds among the twin scenes ``checkpoint`` was trained on; raises
+    ``SeenScenesError`` naming them unless ``allow``."""
+    from ..train.checkpoint import trained_scenes
+
+    trained = trained_scenes(checkpoint)
+    if not trained:
+        return []
+    seen = sorted(set(seeds) & trained)
+    if seen and not allow:
+        raise SeenScenesError(
+            f"{checkpoint} was trained on {len(seen)} of the {len(seeds)} evaluation scenes (seeds {_spans(seen)}): "
+            f"success there is memory, not generalisation. Evaluate from --seed {max(trained) + 1} on (past every "
+            f"training scene), or pass --seen-scenes to score seen scenes on purpose (the report then says so).")
+    return seen
+
+
+def _spans(seeds: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0–2, 5'."""
+    spans, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            spans.append(f"{start}" if start == s else f"{start}–{s}")
+            start = None
+    return ", ".join(spans)
 
 
 def _label(checkpoint: str | Path) -> str:
@@ -288,9 +417,28 @@ def results_table(results: Sequence[SimEvalResult]) -> str:
     for r in results:
         s = r.summary()
         t = f"{s['mean_success_seconds']:.1f} s" if s["mean_success_seconds"] is not None else "–"
-        lines.append(f"| {r.label} | {r.task} | {r.successes}/{len(r.episodes)} | {r.success_rate:.0%} | "
+        label = f"{r.label} (seen scenes: {len(r.seen_seeds)}/{len(r.episodes)})" if r.seen_seeds else r.label
+        lines.append(f"| {label} | {r.task} | {r.successes}/{len(r.episodes)} | {r.success_rate:.0%} | "
                      f"{s['ci95'][0]:.0%} – {s['ci95'][1]:.0%} | {t} | {s['held_fraction']:.0%} | "
                      f"{s['limited_fraction']:.0%} |")
+    return "\n".join(lines)
+
+
+def limits_table(results: Sequence[SimEvalResult], top: int = 4) -> str:
+    """Where the safety filter changed the commands: per row, the share of commanded ticks
+    limited by each cause, and the joints it limited most."""
+    rows = [(r, r.summary()["limits"]) for r in results if r.traces]
+    if not rows:
+        return ""
+    lines = ["| checkpoint | commanded ticks | any | speed | accel | position | most limited joints |",
+             "|---|---|---|---|---|---|---|"]
+    for r, lim in rows:
+        per_joint = sorted(lim["by_joint"].items(), key=lambda kv: -sum(kv[1].values()))[:top]
+        joints = ", ".join(f"{j} {sum(c.values()):.0%} ({'/'.join(k for k, v in c.items() if v)})"
+                           for j, c in per_joint) or "–"
+        cause = lim["by_cause"]
+        lines.append(f"| {r.label} | {lim['commanded_ticks']} | {lim['any']:.0%} | {cause['speed']:.0%} | "
+                     f"{cause['accel']:.0%} | {cause['position']:.0%} | {joints} |")
     return "\n".join(lines)
 
 
@@ -301,7 +449,17 @@ def write_results(results: Sequence[SimEvalResult], out: Path) -> None:
     latency = results[0].latency_ticks if results else 0
     header = (f"# Closed-loop evaluation in the twin\n\nSeeds from {first}, the same scenes for every checkpoint; "
               f"the model answers {latency} control ticks after it is asked (simulated clock).\n\n")
-    (out / "results.md").write_text(header + results_table(results) + "\n" + paired_text(results))
+    seen = [r for r in results if r.seen_seeds]
+    if seen:
+        header += ("**Seen scenes**: " + "; ".join(f"{r.label} was trained on seeds {_spans(r.seen_seeds)}"
+                                                   for r in seen) + " (evaluated on purpose with --seen-scenes: "
+                   "success there is memory, not generalisation).\n\n")
+    limits = limits_table(results)
+    if limits:
+        limits = ("\n## Where the safety filter limited the commands\n\nShare of commanded ticks on which the "
+                  "filter changed a command, by cause (speed cap, acceleration cap, position clamp); per-tick "
+                  "traces and plots of target, command and state in `traces/`.\n\n" + limits + "\n")
+    (out / "results.md").write_text(header + results_table(results) + "\n" + paired_text(results) + limits)
     _plot(results, out / "success.png")
 
 
@@ -319,8 +477,8 @@ def paired(a: SimEvalResult, b: SimEvalResult) -> dict[str, int | float]:
 
 
 def paired_text(results: Sequence[SimEvalResult]) -> str:
-    """The paired comparison of the first two checkpoints (the expert reference excluded)."""
-    policies = [r for r in results if r.checkpoint]
+    """The paired comparison of the first two checkpoints (reference rows and seen-scene rows excluded)."""
+    policies = [r for r in results if r.checkpoint and not r.seen_seeds]
     if len(policies) < 2:
         return ""
     a, b = policies[:2]

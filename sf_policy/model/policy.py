@@ -21,6 +21,7 @@ For Spatial Forcing the lead hooks ``policy.pi0.model.vlm.language_model.layers[
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -68,7 +69,8 @@ class PolicyConfig:
 
     checkpoint: str | None = None
     tokenizer: str | None = None
-    tiny: bool = False
+    tiny: bool = False  # a π0 from scratch (random weights) of SCRATCH_SIZES[size], instead of a checkpoint
+    size: str = "tiny"  # tiny (CI) | small (the CPU recipe)
     representation: str = "delta"  # "absolute" | "delta" (arm joints relative, grippers absolute)
     norm_mode: str = "zscore"  # "zscore" | "quantile"
     gripper_norm: str = "range"  # "range" (physical 0..0.07 m) | "stats"
@@ -86,6 +88,8 @@ class PolicyConfig:
             self.lora = LoraSettings(**lora)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.size not in SCRATCH_SIZES:
+            raise ValueError(f"size must be one of {', '.join(SCRATCH_SIZES)}, got {self.size!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,28 +104,64 @@ class PolicyConfig:
 # Building the model
 
 
-def tiny_pi0_config(vocab_size: int, image_token_id: int, chunk_size: int = 50):
-    """A π0 small enough for CPU tests: 4+4 layers, widths 64 (VLM) / 32 (expert), SigLIP 2 layers.
+@dataclass(frozen=True)
+class ScratchSize:
+    """The sizes of a π0 trained from scratch (``PolicyConfig.tiny``): no weights to download.
 
-    Everything the real model's interfaces depend on is kept: 224 px images, 14 px patches
-    (256 tokens per camera), 32-d state/actions, head_dim shared by VLM and expert (the expert
-    attends to the VLM's cached keys/values layer by layer).
+    Widths/layers/MLP widths of SigLIP (``vision``), the VLM's Gemma (``vlm``) and the action
+    expert (``expert``); ``heads`` × ``head_dim`` is shared by the VLM and the expert (the
+    expert attends to the VLM's cached keys/values layer by layer, so both need the same
+    layer count, KV heads and head_dim). The processor letterboxes every camera to
+    ``image_size`` and the alignment grid is ``image_size / patch_size`` per side."""
+
+    vision: tuple[int, int, int]
+    vlm: tuple[int, int, int]
+    expert: tuple[int, int, int]
+    heads: int = 2
+    head_dim: int = 32
+    image_size: int = 224
+    patch_size: int = 14
+
+
+SCRATCH_SIZES: dict[str, ScratchSize] = {
+    # CI and the plumbing: every interface of the real model at the smallest cost.
+    "tiny": ScratchSize(vision=(32, 2, 64), vlm=(64, 4, 128), expert=(32, 4, 64)),
+    # The CPU recipe (bench/learn.py, docs/results/learn.md): wider encoders that can localise an
+    # object, on 112 px cameras (8 × 8 patches each) so a 2-core step stays near 0.1 s at batch 8.
+    "small": ScratchSize(vision=(128, 4, 256), vlm=(128, 4, 256), expert=(64, 4, 128), heads=4, image_size=112),
+    # The consistency check in CI (tests/test_learn.py): fits one demonstration in about a minute;
+    # 56 px cameras (4 × 4 patches) are enough to replay a scene, not to generalise.
+    "micro": ScratchSize(vision=(64, 2, 128), vlm=(64, 4, 128), expert=(64, 4, 128), image_size=56),
+}
+
+
+def tiny_pi0_config(vocab_size: int, image_token_id: int, chunk_size: int = 50, size: str = "tiny"):
+    """A π0 small enough for a CPU (``SCRATCH_SIZES[size]``; ``tiny``: 4+4 layers, widths 64
+    (VLM) / 32 (expert), SigLIP 2 layers).
+
+    Everything the real model's interfaces depend on is kept: 14 px patches, 32-d
+    state/actions, head_dim shared by VLM and expert.
     """
     from transformers import PI0Config
 
+    if size not in SCRATCH_SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {', '.join(SCRATCH_SIZES)}")
+    z = SCRATCH_SIZES[size]
+    if z.vlm[1] != z.expert[1]:
+        raise ValueError(f"size {size!r}: the VLM and the expert need the same number of layers")
+    attention = {"num_attention_heads": z.heads, "num_key_value_heads": 1, "head_dim": z.head_dim}
     return PI0Config(
         vlm_config={
-            "text_config": {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128,
-                            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-                            "vocab_size": vocab_size},
-            "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                              "num_attention_heads": 2, "patch_size": 14, "image_size": 224,
-                              "vision_use_head": False},
-            "projection_dim": 64,
+            "text_config": {"hidden_size": z.vlm[0], "num_hidden_layers": z.vlm[1], "intermediate_size": z.vlm[2],
+                            **attention, "vocab_size": vocab_size},
+            "vision_config": {"hidden_size": z.vision[0], "intermediate_size": z.vision[2],
+                              "num_hidden_layers": z.vision[1], "num_attention_heads": 2, "patch_size": z.patch_size,
+                              "image_size": z.image_size, "vision_use_head": False},
+            "projection_dim": z.vlm[0],
             "image_token_id": image_token_id,
         },
-        dit_config={"hidden_size": 32, "num_hidden_layers": 4, "intermediate_size": 64,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32},
+        dit_config={"hidden_size": z.expert[0], "num_hidden_layers": z.expert[1], "intermediate_size": z.expert[2],
+                    **attention},
         chunk_size=chunk_size,
     )
 
@@ -157,7 +197,8 @@ def build_pi0(config: PolicyConfig, tokenizer=None) -> nn.Module:
                 raise ValueError("a tiny π0 needs a tokenizer to size its vocabulary: set PolicyConfig.tokenizer")
             tokenizer = load_tokenizer(config.tokenizer)
         image_token_id, vocab_size = image_token_id_of(tokenizer)
-        model = PI0ForConditionalGeneration(tiny_pi0_config(vocab_size, image_token_id, config.chunk_size))
+        model = PI0ForConditionalGeneration(tiny_pi0_config(vocab_size, image_token_id, config.chunk_size,
+                                                            config.size))
         model.to(dtype)
     else:
         raise ValueError("PolicyConfig needs a checkpoint directory or tiny=True")
@@ -242,12 +283,21 @@ class Policy(nn.Module):
         _check_compatible(unwrap(model).config, processor)
         self.configure_inference()
 
-    def configure_inference(self, sampler: str = "fast", compile: bool = False, cuda_graph: bool = True) -> None:
+    def configure_inference(self, sampler: str = "fast", compile: bool = False, cuda_graph: bool = True,
+                            noise_scale: float = 1.0) -> None:
         """How ``sample`` integrates: ``fast`` (``FastSampler``; ``compile`` / ``cuda_graph`` as
-        there) or ``transformers`` (``sample_actions`` as shipped, the reference)."""
+        there) or ``transformers`` (``sample_actions`` as shipped, the reference).
+
+        ``noise_scale`` multiplies the initial noise of the flow (a sampling temperature): 1 is
+        π0's sampler; 0 integrates the flow from the noise distribution's mean, one deterministic
+        chunk per observation. A model that has not learnt to remove the noise passes it into the
+        chunk as step-to-step jitter (docs/eval_sim.md, "Why a policy is rate-limited")."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        self._inference = {"sampler": sampler, "compile": compile, "cuda_graph": cuda_graph}
+        if not (math.isfinite(noise_scale) and noise_scale >= 0.0):
+            raise ValueError(f"noise_scale must be a number >= 0, got {noise_scale}")
+        self._inference = {"sampler": sampler, "compile": compile, "cuda_graph": cuda_graph,
+                           "noise_scale": float(noise_scale)}
         self._fast_sampler = None  # built on first use, for the model as it is then
 
     @classmethod
@@ -339,7 +389,9 @@ class Policy(nn.Module):
         """Absolute joint targets [B, chunk, 14] (float32, rad / m) for a processed batch."""
         inputs = self._inputs(batch)
         size = inputs["state"].shape[0]
-        noise = (self.noise_like(size, generator) if noise is None else noise.to(self.device)).to(self.dtype)
+        if noise is None:
+            noise = self.noise_like(size, generator) * self._inference["noise_scale"]
+        noise = noise.to(self.device, self.dtype)
         if self._inference["sampler"] == "transformers":
             model_actions = self.pi0.sample_actions(**inputs, noise=noise, num_steps=num_steps)
         else:

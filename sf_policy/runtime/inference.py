@@ -17,14 +17,15 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def load_for_inference(checkpoint: str | Path, *, device: str = "auto", dtype: str | None = None,
-                       sampler: str = "fast", compile: bool = False, cuda_graph: bool = True):
+                       sampler: str = "fast", compile: bool = False, cuda_graph: bool = True,
+                       noise_scale: float = 1.0):
     """The checkpoint's policy in eval mode on ``device``: bfloat16 on a GPU and float32 on CPU
-    unless ``dtype`` says otherwise; ``sampler``/``compile``/``cuda_graph`` as in
+    unless ``dtype`` says otherwise; ``sampler``/``compile``/``cuda_graph``/``noise_scale`` as in
     ``Policy.configure_inference``. Imports no teacher code."""
     from sf_policy.train.checkpoint import load_policy
 
     target = resolve_device(device)
     chosen = dtype or ("bfloat16" if target.startswith("cuda") else "float32")
     policy = load_policy(checkpoint, dtype=chosen).to(target).eval()
-    policy.configure_inference(sampler=sampler, compile=compile, cuda_graph=cuda_graph)
+    policy.configure_inference(sampler=sampler, compile=compile, cuda_graph=cuda_graph, noise_scale=noise_scale)
     return policy

@@ -45,6 +45,10 @@ DEFAULT_GRIPPER_ACCEL = 1.0       # m/s²: the gripper's 0.1 m/s in 0.1 s
 DEFAULT_MAX_OBS_AGE = 0.2         # s, like the arm driver's max_command_age (6 camera frames)
 DEFAULT_MAX_OBS_FUTURE = 0.05     # s a stamp may lie ahead of `now` before the clocks count as disagreeing
 
+#: Why a command entry was changed: clamped into its range, or rate-limited by speed or acceleration.
+POSITION, SPEED, ACCEL = "position", "speed", "accel"
+LIMIT_CAUSES = (POSITION, SPEED, ACCEL)
+
 #: Reason codes of a decision (``SafetyDecision.code``).
 OK, ESTOP, NO_COMMAND, MALFORMED, NON_FINITE, NO_STATE, STALE, CLOCK = (
     "ok", "estop", "no_command", "malformed", "non_finite", "no_state", "stale_observation", "clock")
@@ -61,6 +65,9 @@ class SafetyDecision:
     code: str = OK
     clamped_joints: tuple[str, ...] = ()
     limited_joints: tuple[str, ...] = ()
+    #: Why each limited entry was limited, in ``limited_joints`` order: ``"speed"`` (the step hit
+    #: the velocity cap) or ``"accel"`` (the speed could not grow that fast).
+    limit_causes: tuple[str, ...] = ()
 
     @property
     def hold(self) -> bool:
@@ -111,6 +118,7 @@ class SafetyFilter:
         self._last_time = -math.inf
         self._velocity = np.zeros(STATE_DIM)      # of the last command (per second)
         self._counts: Counter[str] = Counter()
+        self._by_joint: Counter[tuple[str, str]] = Counter()  # (joint, cause) -> commands changed
 
     # --- e-stop --------------------------------------------------------------------------
     def estop(self, reason: str = "e-stop requested") -> None:
@@ -144,6 +152,10 @@ class SafetyFilter:
                 self._counts["clamped"] += 1
             if decision.limited:
                 self._counts["limited"] += 1
+            for joint in decision.clamped_joints:
+                self._by_joint[(joint, POSITION)] += 1
+            for joint, cause in zip(decision.limited_joints, decision.limit_causes):
+                self._by_joint[(joint, cause)] += 1
             if decision.action is None:
                 self._velocity = np.zeros(STATE_DIM)  # the arm holds still
             return decision
@@ -193,6 +205,9 @@ class SafetyFilter:
         hi = np.minimum(speed_step, np.maximum(velocity, 0.0) * dt + accel_step)
         step = np.clip(wanted, lo, hi)
         limited = np.abs(step - wanted) > 1e-12
+        # A limited entry stopped at a bound: the speed cap's, or the tighter acceleration one.
+        at_speed_cap = np.abs(np.abs(step) - speed_step) <= 1e-12
+        causes = tuple(SPEED if at_speed_cap[i] else ACCEL for i in np.flatnonzero(limited))
         # reference and target are inside the limits and the step goes part of the way from one
         # to the other, so the result is too; the clip only guards against rounding.
         action = np.clip(reference + step, self.lower, self.upper)
@@ -205,13 +220,22 @@ class SafetyFilter:
         if limited.any():
             reasons.append(f"rate-limited: {_names(limited)}")
         return SafetyDecision(action.copy(), "; ".join(reasons), bool(clamped.any()), bool(limited.any()), OK,
-                              _name_tuple(clamped), _name_tuple(limited))
+                              _name_tuple(clamped), _name_tuple(limited), causes)
 
     # --- reporting -----------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Counters: commands, holds, clamped, limited, estops, and one per reason code."""
         with self._lock:
             return dict(self._counts)
+
+    def limit_counts(self) -> dict[str, dict[str, int]]:
+        """Commands changed per joint and cause: ``{joint: {"position"|"speed"|"accel": n}}``
+        (only joints that were ever changed). Which joint the filter fights, and why."""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for (joint, cause), n in self._by_joint.items():
+                out.setdefault(joint, {})[cause] = n
+            return {j: out[j] for j in JOINT_NAMES if j in out}
 
 
 def _vector(values) -> np.ndarray | None:

@@ -85,6 +85,23 @@ class SchedulerStats:
 
 
 @dataclass(frozen=True)
+class TickInfo:
+    """Where one tick's command came from (``ChunkScheduler.last_tick_info``), for traces.
+
+    ``chunk``: the number of the merged chunk it belongs to (1, 2, ... since ``start``;
+    ``None`` when the tick had no command); ``step``: its index in that chunk (0 = the
+    observation's own tick); ``blend``: the new chunk's weight in the cross-fade (1.0 outside
+    it); ``merged``: a chunk was merged at this tick, ``skip`` steps of it already elapsed."""
+
+    tick: int
+    chunk: int | None = None
+    step: int | None = None
+    blend: float = 1.0
+    merged: bool = False
+    skip: int = 0
+
+
+@dataclass(frozen=True)
 class _Request:
     observation: Any
     obs_tick: int
@@ -119,12 +136,17 @@ def substeps(prev: np.ndarray | None, nxt: np.ndarray, n: int) -> Iterator[np.nd
         yield nxt.copy() if prev is None else interpolate(prev, nxt, i / n)
 
 
+#: What a policy sees of an observation; anything else in it (the evaluation's "tick") is the runtime's.
+POLICY_INPUTS = ("images", "state", "prompt")
+
+
 def policy_infer(policy, num_steps: int = 10) -> Infer:
     """``infer`` for a ``sf_policy.model.policy.Policy``: one observation (a robot sample
     ``{images: {role: uint8 HWC}, state: [14], prompt}``) → its chunk [H, 14]."""
 
     def infer(observation) -> np.ndarray:
-        return np.asarray(policy.predict([observation], num_steps=num_steps))[0]
+        sample = {k: observation[k] for k in POLICY_INPUTS if k in observation}
+        return np.asarray(policy.predict([sample], num_steps=num_steps))[0]
 
     return infer
 
@@ -196,6 +218,9 @@ class ChunkScheduler:
         # the control thread's own
         self._plan: np.ndarray | None = None   # [n, 14], row 0 at tick _plan_start
         self._plan_start = 0
+        self._plan_origin: np.ndarray | None = None  # [n, 2] (chunk number, step in it) per row
+        self._plan_blend: np.ndarray | None = None   # [n] the newest chunk's weight per row
+        self.last_tick_info: TickInfo | None = None
         self._newest_obs_tick: int | None = None
         self._last_action: np.ndarray | None = None
         self._last_tick: int | None = None
@@ -248,6 +273,7 @@ class ChunkScheduler:
 
     def _clear_plan(self) -> None:
         self._plan, self._plan_start, self._newest_obs_tick = None, 0, None
+        self._plan_origin, self._plan_blend = None, None
         self._last_action, self._last_tick = None, None
         with self._cond:
             self._chunk_age, self._remaining = None, 0
@@ -275,9 +301,11 @@ class ChunkScheduler:
         with self._cond:
             result = self._result
             self._result = None
+        merged_before = self._counts["chunks"]
         if result is not None:
             self._merge(result, k)
         action = self._action_at(k)
+        self.last_tick_info = self._tick_info(k, action is not None, self._counts["chunks"] != merged_before)
         self._maybe_request(k)
         self._last_tick = k
         with self._cond:
@@ -305,6 +333,13 @@ class ChunkScheduler:
         need = int(np.ceil(p90 / self.period - 1e-6)) + ADAPTIVE_MARGIN_TICKS
         self._refill = min(max(self.refill_at, need), self.execute_steps)
 
+    def _tick_info(self, k: int, commanded: bool, merged: bool) -> TickInfo:
+        if not commanded or self._plan_origin is None:
+            return TickInfo(k, merged=merged, skip=self._last_skip if merged else 0)
+        row = k - self._plan_start
+        chunk, step = (int(v) for v in self._plan_origin[row])
+        return TickInfo(k, chunk, step, float(self._plan_blend[row]), merged, self._last_skip if merged else 0)
+
     def _plan_end(self) -> int:
         return self._plan_start + (0 if self._plan is None else len(self._plan))
 
@@ -328,7 +363,7 @@ class ChunkScheduler:
                 self._last_error = result.error
         if result.error:
             if self.on_error == "hold":  # the arm holds its last command; the fade restarts from it
-                self._plan, self._plan_start = None, 0
+                self._plan, self._plan_start, self._plan_origin, self._plan_blend = None, 0, None, None
             return
         chunk = result.chunk
         skip = max(k - result.obs_tick, 0)
@@ -343,13 +378,17 @@ class ChunkScheduler:
             return
         new = chunk[skip:horizon]
         merged = new.copy()
+        weight = np.ones(len(new))
         width = min(self.blend_steps, len(new)) if self.mode == "blend" else 0
         if width:
             old = self._continuation(k, new[:width])
             if old is not None:
-                w = (np.arange(1, width + 1, dtype=np.float64) / (width + 1))[:, None]
+                weight[:width] = np.arange(1, width + 1, dtype=np.float64) / (width + 1)
+                w = weight[:width, None]
                 merged[:width] = (1.0 - w) * old + w * new[:width]
-        self._plan, self._plan_start = merged, k
+        number = self._counts["chunks"] + 1
+        self._plan, self._plan_start, self._plan_blend = merged, k, weight
+        self._plan_origin = np.stack([np.full(len(new), number), np.arange(skip, horizon)], axis=1)
         self._newest_obs_tick = result.obs_tick
         with self._cond:
             self._counts["chunks"] += 1

@@ -50,7 +50,7 @@ def record_expert(root: str | Path, task: str = "lift_pot", episodes: int = 2, s
 def _episode(writer: DatasetWriter, twin: Twin, seed: int, every: int) -> bool:
     twin.reset(seed)
     expert = make_expert(twin)
-    episode = writer.begin_episode(twin.info.get("prompt") or twin.task.name)
+    episode = writer.begin_episode(twin.info.get("prompt") or twin.task.name, sim_seed=seed)
     success = False
     while not twin.done() and not success:
         obs = twin.observe()

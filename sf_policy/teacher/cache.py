@@ -859,30 +859,31 @@ def _log_build(path: Path, teacher: Teacher, started: float, computed: int, outc
 
 
 def tiny_teacher(seed: int = 0, width: int = TINY_WIDTH, layer: int = -1,
-                 device: torch.device | str = "cpu") -> Teacher:
+                 device: torch.device | str = "cpu", grid: int = VLA_GRID) -> Teacher:
     """A random AggregatorConfig.tiny() teacher, reproducible from `seed` (tests and CPU demos)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         aggregator = Aggregator(AggregatorConfig.tiny())
-    return Teacher(aggregator.to(device), width=width, layer=layer)
+    return Teacher(aggregator.to(device), width=width, layer=layer, grid=grid)
 
 
 def _key_and_loader(reader: DatasetReader, checkpoint: str | os.PathLike | None, cache_root: Path, *, dtype: str,
                     layer: int, width: int | None, tiny: bool, seed: int, aggregator: AggregatorConfig | None,
-                    device: torch.device | str = "cpu") -> tuple[CacheKey, Callable[[], Teacher]]:
+                    device: torch.device | str = "cpu", grid: int = VLA_GRID) -> tuple[CacheKey, Callable[[], Teacher]]:
     """The cache key for these settings, and a function that loads the teacher (only if needed)."""
     if tiny == (checkpoint is not None):
         raise ValueError("give either a teacher checkpoint or tiny=True (a random tiny teacher), not both / neither")
     if tiny:
-        teacher = tiny_teacher(seed, width or TINY_WIDTH, layer, device)
+        teacher = tiny_teacher(seed, width or TINY_WIDTH, layer, device, grid)
         key = CacheKey.create(reader, state_dict_sha256(teacher.aggregator), Preprocessing.from_teacher(teacher, dtype),
                               f"tiny random aggregator (seed {seed})")
         return key, lambda: teacher
     checkpoint = Path(checkpoint).resolve()
     config = aggregator or AggregatorConfig()
-    prep = Preprocessing(width=width or TEACHER_WIDTH, layer=layer, storage=dtype, aggregator=config)
+    prep = Preprocessing(width=width or TEACHER_WIDTH, layer=layer, grid=grid, storage=dtype, aggregator=config)
     key = CacheKey.create(reader, file_sha256(checkpoint, memo_dir=cache_root), prep, str(checkpoint))
-    return key, lambda: Teacher.from_checkpoint(checkpoint, config, device=device, layer=layer, width=prep.width)
+    return key, lambda: Teacher.from_checkpoint(checkpoint, config, device=device, layer=layer, width=prep.width,
+                                                grid=grid)
 
 
 def cache_teacher(
@@ -899,6 +900,7 @@ def cache_teacher(
     seed: int = 0,
     aggregator: AggregatorConfig | None = None,
     progress: bool = True,
+    grid: int = VLA_GRID,
 ) -> TeacherCache:
     """`sf train cache-teacher`: build (or finish, or just find) the cache of a dataset.
 
@@ -910,7 +912,7 @@ def cache_teacher(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with DatasetReader(dataset_root) as reader:
         key, load = _key_and_loader(reader, checkpoint, cache_root, dtype=dtype, layer=layer, width=width, tiny=tiny,
-                                    seed=seed, aggregator=aggregator, device=device)
+                                    seed=seed, aggregator=aggregator, device=device, grid=grid)
         try:
             return TeacherCache.open(cache_root, key)
         except StaleCacheError as exc:
@@ -931,6 +933,7 @@ def open_cache(
     width: int | None = None,
     seed: int = 0,
     aggregator: AggregatorConfig | None = None,
+    grid: int = VLA_GRID,
 ) -> TeacherCache:
     """For training: the complete cache for these settings (same arguments as `cache_teacher`).
 
@@ -940,7 +943,7 @@ def open_cache(
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     with DatasetReader(dataset_root) as reader:
         key, _ = _key_and_loader(reader, checkpoint, cache_root, dtype=dtype, layer=layer, width=width, tiny=tiny,
-                                 seed=seed, aggregator=aggregator)
+                                 seed=seed, aggregator=aggregator, grid=grid)
     return TeacherCache.open(cache_root, key)
 
 

@@ -131,6 +131,24 @@ def load_policy(path: str | Path, dtype: str | None = None) -> Policy:
     return Policy.from_pretrained(resolve_checkpoint(path) / POLICY_DIR, dtype=dtype)
 
 
+def trained_scenes(path: str | Path) -> set[int] | None:
+    """The twin seeds a checkpoint was trained on (its dataset.json, or its dataset's
+    ``sim/seed`` column for checkpoints written before it kept them); None when unknown."""
+    checkpoint = resolve_checkpoint(path)
+    dataset = json.loads((checkpoint / DATASET_FILE).read_text()) if (checkpoint / DATASET_FILE).is_file() else {}
+    if "train_sim_seeds" in dataset:
+        return set(dataset["train_sim_seeds"])
+    from .config import load_config
+    from .data import training_scenes
+
+    try:
+        cfg = load_config(str(checkpoint / TRAIN_CONFIG_FILE))
+        seeds, _ = training_scenes(dataset.get("root") or cfg.data.root, cfg.data.heldout_episodes, cfg.seed)
+    except Exception:  # noqa: BLE001 - the dataset moved or predates the field: unknown, not an error
+        return None
+    return seeds
+
+
 def load_aligner_state(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return load_file(Path(checkpoint) / ALIGNER_FILE)
 

@@ -67,6 +67,14 @@ class DataConfig:
     root: str | None = None  # the LeRobot v3 dataset (set on the command line: data.root=...)
     heldout_episodes: float = 0.1  # fraction (or count if ≥ 1) of episodes kept for evaluation
     workers: int = 2  # DataLoader worker processes (0: decode in the training process)
+    frames: str = "video"  # video: decode from the mp4s per sample | decoded: decode once to disk (data/decoded.py)
+    state_dropout: float = 0.0  # share of training samples whose state input is blanked (the mean): see loop.py
+
+    def __post_init__(self) -> None:
+        if self.frames not in ("video", "decoded"):
+            raise ValueError(f"data.frames must be video or decoded, got {self.frames!r}")
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ValueError(f"data.state_dropout must be in [0, 1), got {self.state_dropout}")
 
 
 @dataclass

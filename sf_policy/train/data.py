@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.features import ACTION, STATE, image_key
+from ..data.decoded import DecodedFrames
 from ..data.reader import DatasetReader
 from ..topics import CAMERA_ROLES
 
@@ -30,8 +31,9 @@ class ChunkDataset(Dataset):
     not cross process boundaries.
     """
 
-    def __init__(self, root: str | Path, indices: np.ndarray | None = None, chunk_size: int = 50):
-        self.root, self.chunk_size = Path(root), chunk_size
+    def __init__(self, root: str | Path, indices: np.ndarray | None = None, chunk_size: int = 50,
+                 decoded: DecodedFrames | None = None):
+        self.root, self.chunk_size, self.decoded = Path(root), chunk_size, decoded
         reader = DatasetReader(self.root)
         self.states = reader.column(STATE).astype(np.float32)
         self.actions = reader.column(ACTION).astype(np.float32)
@@ -45,6 +47,12 @@ class ChunkDataset(Dataset):
         for ep in reader.episodes:
             self.episode_end[ep.from_index - first:ep.to_index - first] = ep.to_index - first
         self.indices = np.arange(len(reader)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.prompts: list[str] = []  # per frame, as DatasetReader.__getitem__ names it
+        if decoded is not None:
+            task_of = reader.column("task_index")
+            for ep in reader.episodes:
+                rows = range(ep.from_index - first, ep.to_index - first)
+                self.prompts += [reader.tasks.get(int(task_of[r]), ep.task) for r in rows]
         reader.close()
         self._reader: DatasetReader | None = None
 
@@ -59,11 +67,16 @@ class ChunkDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
-        frame = self.reader[i]
         end = min(i + self.chunk_size, int(self.episode_end[i]))
-        images = {role: frame.get(image_key(role)) if role in self.camera_roles else None for role in CAMERA_ROLES}
+        if self.decoded is not None:  # decoded once (data.frames=decoded): a copy out of the page cache
+            frames, prompt = self.decoded[i], self.prompts[i]
+        else:
+            frame = self.reader[i]
+            frames = {role: frame.get(image_key(role)) for role in self.camera_roles}
+            prompt = frame["task"]
+        images = {role: frames.get(role) if role in self.camera_roles else None for role in CAMERA_ROLES}
         return {"index": i, "images": images, "state": self.states[i], "actions": self.actions[i:end],
-                "prompt": frame["task"]}
+                "prompt": prompt}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -72,10 +85,32 @@ class ChunkDataset(Dataset):
 
 
 def heldout_positions(num_episodes: int, heldout: float, seed: int = 0) -> set[int]:
-    """Positions (0-based, in dataset order) of the episodes ``split_episodes`` holds out."""
+    """Positions (0-based, in dataset order) of the episodes ``split_episodes`` holds out.
+
+    A count (``heldout`` ≥ 1) that would leave no episode to train on is an error naming
+    ``data.heldout_episodes``; a fraction always leaves at least one."""
+    if not (heldout >= 0):
+        raise ValueError(f"data.heldout_episodes must be >= 0 (a fraction < 1 or a count), got {heldout}")
     count = int(heldout) if heldout >= 1 else int(round(heldout * num_episodes))
+    if heldout >= 1 and num_episodes and count >= num_episodes:
+        raise ValueError(f"data.heldout_episodes={heldout:g} holds out all {num_episodes} episode(s): none is left "
+                         f"to train on; hold out fewer (a count below {num_episodes}, or a fraction such as 0.1)")
     count = min(count, max(num_episodes - 1, 0))
     return set(np.random.default_rng(seed).permutation(num_episodes)[:count].tolist())
+
+
+def training_scenes(root: str | Path, heldout: float, seed: int = 0) -> tuple[set[int], int]:
+    """(twin seeds of the episodes a run with this split trained on, episodes without one).
+
+    An episode recorded in the twin knows its scene (``EpisodeInfo.sim_seed``); one recorded
+    on the robot, or before the field existed, does not and is counted apart."""
+    reader = DatasetReader(root)
+    try:
+        held = heldout_positions(len(reader.episodes), heldout, seed)
+        trained = [ep for e, ep in enumerate(reader.episodes) if e not in held]
+    finally:
+        reader.close()
+    return {ep.sim_seed for ep in trained if ep.sim_seed is not None}, sum(ep.sim_seed is None for ep in trained)
 
 
 def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +122,11 @@ def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.
     reader = DatasetReader(root)
     episodes = reader.episodes
     first = episodes[0].from_index if episodes else 0
-    held = heldout_positions(len(episodes), heldout, seed)
+    try:
+        held = heldout_positions(len(episodes), heldout, seed)
+    except ValueError as exc:
+        reader.close()
+        raise ValueError(f"{root}: {exc}") from None
     train, test = [], []
     for e, ep in enumerate(episodes):
         rows = np.arange(ep.from_index - first, ep.to_index - first)

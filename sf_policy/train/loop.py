@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..align.aligner import SpatialAligner, attach
+from ..data.decoded import DecodedFrames
 from ..data.reader import DatasetReader
 from ..model.actions import policy_stats
 from ..model.normalize import Normalizer
@@ -31,8 +32,8 @@ from ..model.policy import NORMALIZER_FILE, Policy
 from ..topics import CAMERA_ROLES
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import ChunkDataset, ResumableBatches, split_episodes
-from .targets import TargetSource
+from .data import ChunkDataset, ResumableBatches, split_episodes, training_scenes
+from .targets import TargetSource, vla_grid
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,7 +86,7 @@ def _frames(images: dict) -> np.ndarray:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, accelerator=None):
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, accelerator=None, progress: bool = True):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -105,11 +106,15 @@ class Trainer:
         set_seed(cfg.seed)
         self.root = Path(cfg.data.root)
         self.train_idx, self.heldout_idx = split_episodes(self.root, cfg.data.heldout_episodes, cfg.seed)
+        self.scenes, self.unknown_scenes = training_scenes(self.root, cfg.data.heldout_episodes, cfg.seed)
         resume_from = ckpt.resolve_checkpoint(resume) if resume else None
         self.policy = self._build_policy(resume_from)
         self.aligner = self._build_aligner()
-        self.capture = attach(self.policy.model, cfg.align) if self.aligner is not None else None
-        self.targets = TargetSource(cfg.teacher, self.root, self.accelerator.device) if self.aligner is not None else None
+        grid = vla_grid(cfg.policy)
+        self.capture = attach(self.policy.model, cfg.align, n_visual=len(CAMERA_ROLES) * grid * grid) \
+            if self.aligner is not None else None
+        self.targets = TargetSource(cfg.teacher, self.root, self.accelerator.device, grid) \
+            if self.aligner is not None else None
 
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.aligner is not None:
@@ -124,7 +129,9 @@ class Trainer:
                           cache=getattr(self.targets, "cache", None))
         batches = ResumableBatches(len(self.train_idx), per_device, cfg.seed + self.accelerator.process_index,
                                    start=self.start_step * cfg.optim.grad_accum)
-        loader = DataLoader(ChunkDataset(self.root, self.train_idx, self.policy.processor.config.chunk_size),
+        self.decoded = self._decoded_frames(progress)
+        loader = DataLoader(ChunkDataset(self.root, self.train_idx, self.policy.processor.config.chunk_size,
+                                         self.decoded),
                             batch_sampler=batches, collate_fn=collate, num_workers=cfg.data.workers,
                             persistent_workers=cfg.data.workers > 0)
         modules = [self.policy] + ([self.aligner] if self.aligner is not None else [])
@@ -161,12 +168,12 @@ class Trainer:
             saved = resume_from / ckpt.POLICY_DIR
             normalizer = Normalizer.from_dict(json.loads((saved / NORMALIZER_FILE).read_text()))
             return Policy.build(cfg.policy, normalizer=normalizer, tokenizer=load_tokenizer(saved))
+        reader = DatasetReader(self.root)
         if cfg.policy.tiny and not cfg.policy.tokenizer:  # a CPU run: a small real tokenizer, made here
             from ..model.tokenizer import tiny_tokenizer
 
             cfg.policy.tokenizer = str(self.run_dir / "tiny_tokenizer")
-            tiny_tokenizer(cfg.policy.tokenizer)
-        reader = DatasetReader(self.root)
+            tiny_tokenizer(cfg.policy.tokenizer, **_tokenizer_corpus(cfg, reader))
         stats = policy_stats(reader, cfg.policy.representation, cfg.policy.chunk_size)
         reader.close()
         policy = Policy.build(cfg.policy, stats=stats)
@@ -175,6 +182,14 @@ class Trainer:
             # that the action expert reads (transformers 5.24): checkpoint the vision tower only.
             policy.pi0.model.vlm.vision_tower.gradient_checkpointing_enable()
         return policy
+
+    def _decoded_frames(self, progress: bool) -> DecodedFrames | None:
+        """``data.frames=decoded``: the dataset's frames decoded once (the main process decodes,
+        the others wait and map the same files)."""
+        if self.cfg.data.frames != "decoded":
+            return None
+        with self.accelerator.main_process_first():
+            return DecodedFrames.ensure(self.root, progress=progress and self.accelerator.is_main_process)
 
     def _build_aligner(self) -> SpatialAligner | None:
         if not self.cfg.aligned:
@@ -190,7 +205,7 @@ class Trainer:
         """A fixed set of held-out batches (the same every evaluation, so the curve is smooth)."""
         if len(self.heldout_idx) == 0 or self.cfg.log.eval_batches <= 0:
             return []
-        dataset = ChunkDataset(self.root, self.heldout_idx, self.policy.processor.config.chunk_size)
+        dataset = ChunkDataset(self.root, self.heldout_idx, self.policy.processor.config.chunk_size, self.decoded)
         rng = np.random.default_rng(self.cfg.seed)
         count = min(self.cfg.log.eval_batches * batch_size, len(dataset))
         chosen = np.sort(rng.choice(len(dataset), count, replace=False))
@@ -201,6 +216,8 @@ class Trainer:
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_action, and with SF L_align and L = L_action + α·L_align, for one batch."""
         batch = _to(batch, self.accelerator.device)
+        if self.cfg.data.state_dropout > 0 and self.policy_ddp.training:
+            batch = self._drop_state(batch)
         action, _ = self.policy_ddp(batch, generator=self.generator)  # the hook captures layer k here
         out = {"action": action, "loss": action}
         if self.aligner_ddp is not None:
@@ -210,6 +227,15 @@ class Trainer:
             if result.layer_weights is not None:
                 out["layer_weights"] = result.layer_weights
         return out
+
+    def _drop_state(self, batch: dict) -> dict:
+        """Blank the state input (to the dataset mean: 0 once normalised) of a random share of the
+        samples. Every episode starts from the same pose, so the state alone predicts the average
+        reach and a small model learns that first and the object's place late; without the state
+        it has to read the cameras. The actions stay relative to the true state."""
+        keep = torch.rand(batch["state"].shape[0], generator=self.generator, device=self.generator.device)
+        keep = (keep >= self.cfg.data.state_dropout).to(batch["state"].device)
+        return {**batch, "state": batch["state"] * keep[:, None].to(batch["state"].dtype)}
 
     def _targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher targets and the tokens that count: inside the teacher's view of a camera AND
@@ -231,7 +257,7 @@ class Trainer:
             self.optim.step()
             self.scheduler.step()
             self.optim.zero_grad(set_to_none=True)
-        self._update_ema()
+        self._update_ema(step)
         self.layer_weights = out.get("layer_weights")
         return StepResult(out["loss"].item(), out["action"].item(),
                           out["align"].item() if "align" in out else None, float(grad_norm),
@@ -247,10 +273,13 @@ class Trainer:
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
         return f"step {step}: the {what} is {value}; training stopped, {kept}"
 
-    def _update_ema(self) -> None:
+    def _update_ema(self, step: int) -> None:
+        """EMA with the usual warm-up: decay min(ema_decay, (1 + step) / (10 + step)), so the
+        average forgets the random initialisation instead of dragging it along (with a fixed 0.999
+        a 1,500-step run exported weights a third of which were the first thousand steps')."""
         if self.ema is None or not self.accelerator.sync_gradients:
             return
-        decay = self.cfg.optim.ema_decay
+        decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for name, p in self.policy.named_parameters():
                 if name in self.ema:
@@ -342,11 +371,21 @@ class Trainer:
         if acc.is_main_process:
             dataset = {"root": str(self.root.resolve()), "fingerprint": ckpt.dataset_fingerprint(self.root),
                        "frames": int(len(self.train_idx) + len(self.heldout_idx)),
-                       "train_frames": int(len(self.train_idx)), "heldout_frames": int(len(self.heldout_idx))}
+                       "train_frames": int(len(self.train_idx)), "heldout_frames": int(len(self.heldout_idx)),
+                       # the twin scenes trained on: `sf eval sim` refuses to score a policy on them
+                       "train_sim_seeds": sorted(self.scenes), "train_episodes_without_seed": self.unknown_scenes}
             path = ckpt.save_checkpoint(self.run_dir, step, _unwrap(self.policy_ddp), self.aligner, self.cfg.to_yaml(),
                                         dataset, self.ema, save_state, self.cfg.log.keep_last)
         acc.wait_for_everyone()
         return path
+
+
+def _tokenizer_corpus(cfg: TrainConfig, reader: DatasetReader) -> dict:
+    """The `small` recipe's tokenizer also learns the dataset's prompts (so its words are tokens);
+    the `tiny` one keeps the built-in corpus only, as the tests and older runs have it."""
+    if cfg.policy.size == "tiny":
+        return {}
+    return {"vocab_size": 384, "tasks": list(reader.tasks.values())}
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -388,4 +427,4 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Train ``cfg``; returns the final checkpoint directory."""
-    return Trainer(cfg, resume=resume).train(progress=progress)
+    return Trainer(cfg, resume=resume, progress=progress).train(progress=progress)

@@ -1,7 +1,8 @@
 """Where a training step's teacher targets come from: the cache (default) or VGGT online.
 
-Both give the same thing for a batch: targets [B, 3, 16, 16, D] on the VLA grid and the
-valid mask [B, 3, 16, 16] (tests/test_teacher_cache.py shows cached == online).
+Both give the same thing for a batch: targets [B, 3, g, g, D] on the VLA grid (g = the
+policy's image size / patch size: 16 for π0's 224 px) and the valid mask [B, 3, g, g]
+(tests/test_teacher_cache.py shows cached == online).
 """
 
 from __future__ import annotations
@@ -10,53 +11,68 @@ from pathlib import Path
 
 import torch
 
-from ..align.grid import letterbox_geometry
+from ..align.grid import VLA_GRID, VLA_PATCH, letterbox_geometry
+from ..model.policy import PolicyConfig
 from ..data.features import image_key
 from ..data.reader import DatasetReader
 from ..topics import CAMERA_ROLES
 from .config import TeacherConfig
 
 
-def cache_arguments(teacher: TeacherConfig) -> dict:
-    """The settings that make up a cache's key (sf_policy.teacher.cache.cache_teacher/open_cache)."""
+def cache_arguments(teacher: TeacherConfig, grid: int = VLA_GRID) -> dict:
+    """The settings that make up a cache's key (sf_policy.teacher.cache.cache_teacher/open_cache);
+    ``grid``: the policy's patch grid per side (``vla_grid``)."""
     return {"checkpoint": teacher.checkpoint, "cache_root": teacher.cache_root, "dtype": teacher.dtype,
-            "layer": teacher.layer, "tiny": teacher.tiny, "width": teacher.width, "seed": teacher.seed}
+            "layer": teacher.layer, "tiny": teacher.tiny, "width": teacher.width, "seed": teacher.seed, "grid": grid}
 
 
-def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", progress: bool = True):
+def vla_grid(policy: PolicyConfig) -> int:
+    """Patches per side of the policy's camera images (16 for π0's 224 px / 14 px patches)."""
+    if policy.tiny:
+        from ..model.policy import SCRATCH_SIZES
+
+        size = SCRATCH_SIZES[policy.size]
+        return size.image_size // size.patch_size
+    return VLA_GRID
+
+
+def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", progress: bool = True,
+                grid: int = VLA_GRID):
     """Compute (or finish, or just open) the cache of ``root`` for these teacher settings."""
     from ..teacher.cache import cache_teacher
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     return cache_teacher(root, batch_size=teacher.batch_size, device=device, progress=progress,
-                         **cache_arguments(teacher))
+                         **cache_arguments(teacher, grid))
 
 
 class TargetSource:
     """``source(batch) -> (targets, valid)``: a cache lookup by the batch's dataset indices, or
     the teacher run on the batch's raw frames (``mode: online``)."""
 
-    def __init__(self, teacher: TeacherConfig, root: str | Path, device: torch.device):
+    def __init__(self, teacher: TeacherConfig, root: str | Path, device: torch.device, grid: int = VLA_GRID):
         self.mode = teacher.mode
         if self.mode == "cache":
             from ..teacher.cache import open_cache
 
-            self.cache = open_cache(root, **cache_arguments(teacher))
+            self.cache = open_cache(root, **cache_arguments(teacher, grid))
             return
         from ..teacher.cache import tiny_teacher
         from ..teacher.features import Teacher
 
         if teacher.tiny:
-            self.teacher = tiny_teacher(teacher.seed, width=teacher.width, layer=teacher.layer, device=device)
+            self.teacher = tiny_teacher(teacher.seed, width=teacher.width, layer=teacher.layer, device=device,
+                                        grid=grid)
         else:
             if not teacher.checkpoint:
                 raise ValueError("teacher.mode online needs teacher.checkpoint (VGGT model.pt) or teacher.tiny")
             self.teacher = Teacher.from_checkpoint(teacher.checkpoint, device=device, width=teacher.width,
-                                                   layer=teacher.layer)
+                                                   layer=teacher.layer, grid=grid)
         reader = DatasetReader(root)
         sizes = {role: tuple(reader.features[image_key(role)]["shape"][:2]) for role in reader.camera_roles}
         reader.close()
-        self.boxes = [letterbox_geometry(*sizes[r])[-1] if r in sizes else None for r in CAMERA_ROLES]
+        self.boxes = [letterbox_geometry(*sizes[r], grid * VLA_PATCH, VLA_PATCH)[-1] if r in sizes else None
+                      for r in CAMERA_ROLES]
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "online":

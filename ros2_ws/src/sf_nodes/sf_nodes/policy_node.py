@@ -9,8 +9,11 @@ server URL, `sf serve`) and runs one warm-up inference; ``activate`` starts cont
     -> /puppet/joint_cmd_<side>  (or /policy/dry_run/joint_cmd_<side> with dry_run:=true)
 
 It also publishes the remaining plan as ``trajectory_msgs/JointTrajectory`` on
-``/policy/chunk`` whenever a new chunk is merged, and ``/diagnostics`` (inference latency,
-chunk timing, holds). ``~/estop`` latches a hold from the next tick; ``~/resume`` clears it.
+``/policy/chunk`` whenever a new chunk is merged, each tick's unfiltered target on
+``/policy/target`` (``sensor_msgs/JointState``, 14 joints: plot it against the command and
+the puppet state to see what the safety filter changed), and ``/diagnostics`` (inference
+latency, chunk timing, holds, the executed chunk step, and how often the filter limited
+which joint and why). ``~/estop`` latches a hold from the next tick; ``~/resume`` clears it.
 The logic lives in ``sf_policy.runtime``; this node only moves messages.
 """
 
@@ -37,10 +40,11 @@ from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status
 from .recorder import image_qos
 
 DRY_RUN_PREFIX = "/policy/dry_run"
+TARGET_TOPIC = "/policy/target"  # the scheduler's target of each tick, before the safety filter
 
 
 def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device: str, *, dtype: str = "",
-               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True):
+               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True, noise_scale: float = 1.0):
     """The model boundary: ``infer(sample) -> chunk [H, 14]`` from a checkpoint or a server."""
     if remote:
         from sf_policy.serve.client import PolicyClient
@@ -52,7 +56,7 @@ def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device:
     from sf_policy.runtime.inference import load_for_inference
 
     policy = load_for_inference(checkpoint, device=device, dtype=dtype or None, sampler=sampler, compile=compile,
-                                cuda_graph=cuda_graph)
+                                cuda_graph=cuda_graph, noise_scale=noise_scale)
     return policy_infer(policy, num_steps)
 
 
@@ -81,6 +85,7 @@ class PolicyNode(LifecycleNode):
         self.sampler = p("sampler", "fast").value
         self.compile = bool(p("compile", False).value)
         self.cuda_graph = bool(p("cuda_graph", True).value)
+        self.noise_scale = float(p("noise_scale", 1.0).value)
         self.cameras = [c for c in p("cameras", list(topics.CAMERA_ROLES)).value if c]
         self.image_reliability = p("image_reliability", "best_effort").value
         self.autostart = bool(p("autostart", False).value)
@@ -105,6 +110,7 @@ class PolicyNode(LifecycleNode):
         self._cmd_pubs = {s: self.create_publisher(JointState, prefix + topics.arm_command(s), COMMAND_QOS)
                           for s in SIDES}
         self._chunk_pub = self.create_publisher(JointTrajectory, "/policy/chunk", 1)
+        self._target_pub = self.create_publisher(JointState, TARGET_TOPIC, 10)
         self._diag_pub = diagnostics_publisher(self)
         self.create_service(Trigger, "~/estop", self._on_estop)
         self.create_service(Trigger, "~/resume", self._on_resume)
@@ -125,7 +131,7 @@ class PolicyNode(LifecycleNode):
         try:
             infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.num_steps, self.device,
                                               dtype=self.dtype, sampler=self.sampler, compile=self.compile,
-                                              cuda_graph=self.cuda_graph)
+                                              cuda_graph=self.cuda_graph, noise_scale=self.noise_scale)
             self.scheduler = ChunkScheduler(infer, period=1.0 / self.rate, execute_steps=self.execute_steps,
                                             refill_at=self.refill_at, mode=self.mode, blend_steps=self.blend_steps,
                                             adaptive=self.adaptive, on_error=self.on_error)
@@ -186,6 +192,9 @@ class PolicyNode(LifecycleNode):
             self._observed_ns = top_ns
             self.scheduler.observe(sample, stamp)
         command = self.scheduler.tick(now)
+        if command is not None:
+            self._target_pub.publish(JointState(header=header(int(now * 1e9), ""), name=list(JOINT_NAMES),
+                                                position=command.tolist()))
         state = sample["state"] if sample is not None else None
         decision = self.safety.filter(command, state, None if stamp is None else now - stamp, now)
         if decision.action is None:
@@ -242,6 +251,7 @@ class PolicyNode(LifecycleNode):
         else:
             s = self.scheduler.stats()
             values += [(k, v) for k, v in vars(s).items()]
+            values += filter_diagnostics(self.safety, self.scheduler.last_tick_info)
             if self.safety.estopped:
                 level, message = ERROR, "e-stopped"
             elif self.hold_reason:
@@ -255,6 +265,23 @@ class PolicyNode(LifecycleNode):
         black = np.zeros((224, 224, 3), np.uint8)
         return {"images": {r: black if r in self.cameras else None for r in topics.CAMERA_ROLES},
                 "state": np.zeros(len(JOINT_NAMES), np.float32), "prompt": self.prompt}
+
+
+def filter_diagnostics(safety: SafetyFilter, info) -> list[tuple[str, object]]:
+    """What the safety filter changed (shares of the commands sent, per cause, and the joints it
+    limited most) and where the last command came from in its chunk."""
+    stats = safety.stats()
+    sent = max(stats.get("commands", 0), 1)
+    by_joint = safety.limit_counts()
+    worst = sorted(by_joint.items(), key=lambda kv: -sum(kv[1].values()))[:4]
+    values: list[tuple[str, object]] = [
+        ("limited_share", f"{stats.get('limited', 0) / sent:.3f}"),
+        ("clamped_share", f"{stats.get('clamped', 0) / sent:.3f}"),
+        ("most_limited", "; ".join(f"{j} " + ", ".join(f"{c} {n / sent:.1%}" for c, n in causes.items())
+                                   for j, causes in worst) or "none")]
+    if info is not None and info.chunk is not None:
+        values += [("executing", f"chunk {info.chunk} step {info.step}"), ("blend_weight", f"{info.blend:.2f}")]
+    return values
 
 
 def main(args: list[str] | None = None) -> int:
