@@ -87,7 +87,8 @@ class SimEvalResult:
         low, high = self.interval
         successful = [e.ticks for e in self.episodes if e.success]
         return {"label": self.label, "checkpoint": self.checkpoint, "task": self.task, "episodes": len(self.episodes),
-                "seeds": [e.seed for e in self.episodes], "successes": self.successes, "success_rate": self.success_rate, "ci95": [low, high],
+                "seeds": [e.seed for e in self.episodes], "successes": self.successes,
+                "success_rate": self.success_rate, "ci95": [low, high],
                 "mean_success_seconds": float(np.mean(successful)) / CONTROL_HZ if successful else None,
                 "held_fraction": _fraction(self.episodes, "held_ticks"),
                 "limited_fraction": _fraction(self.episodes, "limited_ticks"),
@@ -279,17 +280,9 @@ class ExpertPlan:
         self.targets: np.ndarray | None = None
 
     def begin_episode(self, twin: Twin, seed: int) -> None:
-        from ..sim.experts import make_expert
+        from ..sim.experts import run_episode as run_expert
 
-        twin.reset(seed)
-        expert = make_expert(twin)
-        targets = []
-        while not twin.done():
-            targets.append(expert.act())
-            twin.step(targets[-1])
-            if twin.success():
-                break
-        self.targets = np.asarray(targets, dtype=np.float64)
+        self.targets = run_expert(twin.task.name, seed, twin=twin, keep_targets=True)["targets"]
 
     def __call__(self, observation) -> np.ndarray:
         if self.targets is None:

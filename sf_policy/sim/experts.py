@@ -310,10 +310,12 @@ def make_expert(twin: Twin) -> Expert:
     return Expert(twin, SCRIPTS[name])
 
 
-def run_episode(task_name: str, seed: int, render: bool = False, twin: Twin | None = None) -> dict[str, Any]:
+def run_episode(task_name: str, seed: int, render: bool = False, twin: Twin | None = None,
+                keep_targets: bool = False) -> dict[str, Any]:
     """One expert episode until success or the step limit: success, ticks, wall time, the
     reset's info, and the expert's error if it gave up. Physics only unless `render` (then
-    `frames` holds the top camera's images); pass `twin` to reuse a built model."""
+    `frames` holds the top camera's images); pass `twin` to reuse a built model. With
+    `keep_targets`, `targets` holds the master targets it commanded, tick by tick."""
     twin = twin or Twin(task_name, cameras=() if not render else ("cam_high",))
     if twin.task.name != task_name:
         raise ValueError(f"the twin runs {twin.task.name!r}, not {task_name!r}")
@@ -321,9 +323,12 @@ def run_episode(task_name: str, seed: int, render: bool = False, twin: Twin | No
     twin.reset(seed)
     expert = make_expert(twin)
     success = False
-    frames = []
+    frames, targets = [], []
     while not twin.done():
-        twin.step(expert.act())
+        target = expert.act()
+        twin.step(target)
+        if keep_targets:
+            targets.append(target)
         if render:
             frames.append(twin.render("cam_high")[0])
         if twin.success():
@@ -334,4 +339,6 @@ def run_episode(task_name: str, seed: int, render: bool = False, twin: Twin | No
               "info": dict(twin.info)}
     if render:
         result["frames"] = frames
+    if keep_targets:
+        result["targets"] = np.asarray(targets, dtype=np.float64)
     return result
