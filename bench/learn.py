@@ -36,7 +36,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 TASKS = ("grasp_vegetable", "lift_pot")
 FULL = {"demos": 50, "steps": 12_000, "eval_episodes": 20, "checkpoint_every": 3000}
-QUICK = {"demos": 2, "steps": 1500, "checkpoint_every": 0}
+ANALYSIS = "<!-- analysis: kept when bench/learn.py --report rewrites the figures above -->"
+QUICK = {"demos": 2, "steps": 2400, "checkpoint_every": 0}  # with CONSISTENCY_OVERRIDES
 
 
 def main() -> int:
@@ -58,7 +59,7 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
-    from sf_policy.eval.learn import LearnSettings, run_learn
+    from sf_policy.eval.learn import CONSISTENCY_OVERRIDES, LearnSettings, run_learn
     from sf_policy.sim.tasks import TASKS as KNOWN
 
     tasks = [t for t in args.tasks.split(",") if t]
@@ -67,12 +68,14 @@ def main() -> int:
         parser.error(f"--tasks: unknown {unknown}; known: {', '.join(KNOWN)}")
     defaults = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
+    overrides = [*(CONSISTENCY_OVERRIDES if args.quick else ["align.alpha=0"]), *args.set]
     results = {}
     for task in tasks:
         settings = LearnSettings(
             task=task, demos=args.demos or defaults["demos"], steps=args.steps or defaults["steps"],
-            preset=args.preset, overrides=["align.alpha=0", *args.set], eval_episodes=args.eval_episodes,
-            eval_seed=args.eval_seed, seen=args.quick,
+            preset=args.preset, overrides=overrides,
+            eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, seen=args.quick,
+            noise_scale=0.0 if args.quick else 1.0,
             checkpoint_every=defaults["checkpoint_every"] if args.checkpoint_every is None else args.checkpoint_every)
         result = run_learn(settings, args.work / mode / task, progress=not args.no_progress)
         results[task] = result.to_dict()
@@ -80,7 +83,7 @@ def main() -> int:
               f"{result.ci95[0]:.0%}–{result.ci95[1]:.0%}) on {result.mode} scenes after {result.steps} steps "
               f"({result.train_minutes:.1f} min); limited {result.limited_fraction:.0%} of ticks; "
               f"oracle {result.oracle_success:.0%}", flush=True)
-    path = write_results("learn", {"mode": mode, "preset": args.preset, "overrides": args.set, "tasks": results},
+    path = write_results("learn", {"mode": mode, "preset": args.preset, "overrides": overrides, "tasks": results},
                          args.results_dir)
     print(f"results: {path}")
     if args.report is not None:
@@ -123,9 +126,13 @@ def write_report(data: dict, out: Path) -> None:
     machine = data["machine"]
     header = (f"# Learning in the twin: `bench/learn.py` ({data['mode']})\n\nMachine: {machine['cpu']}, "
               f"{machine['cores']} cores, no GPU; torch {machine['packages'].get('torch', '?')}; {data['time']}. "
-              f"Preset `{data['preset']}` with α = 0 {' '.join(data['overrides'])}.\n\n")
+              f"Preset `{data['preset']}` with {' '.join(data['overrides'])}"
+              + (", deterministic sampling (noise scale 0)" if data["mode"] == "quick" else "") + ".\n\n")
+    # The analysis written under the figures survives a rerun that rewrites them.
+    previous = (out / "learn.md").read_text() if (out / "learn.md").is_file() else ""
+    kept = previous[previous.index(ANALYSIS):] if ANALYSIS in previous else ""
     (out / "learn.md").write_text(header + "\n".join(lines) + "\n\n" + "\n".join(details)
-                                  + "\n\n![success vs steps](learn_curve.png)\n")
+                                  + "\n\n![success vs steps](learn_curve.png)\n" + (f"\n{kept}" if kept else ""))
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for task, r in tasks.items():
         steps = [p["step"] for p in r["by_step"]]

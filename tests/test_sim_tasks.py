@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sf_policy.embodiment import ARM_JOINTS, PIPER_LIMITS, SIDES, STATE_DIM
+from sf_policy.embodiment import ARM_JOINTS, DOF_PER_ARM as DOF, PIPER_LIMITS, SIDES, STATE_DIM
 from sf_policy.sim.experts import make_expert, run_episode
 from sf_policy.sim.ik import ArmIK, IKError, grasp_frame
 from sf_policy.sim.piper_mjcf import TABLE_TOP_Z
@@ -138,6 +138,36 @@ def test_expert_moves_smoothly_within_speed_limits(twins):
         twin.step(q)
     limits = np.array([PIPER_LIMITS[j].max_velocity for j in ARM_JOINTS + ("gripper",)] * 2)
     assert np.all(fastest < 0.6 * limits), f"peak speeds {np.round(fastest, 3)} vs limits {limits}"
+
+
+def test_the_wrist_takes_the_same_finger_order_across_scenes(twins):
+    """The two finger orders are the same grasp pi apart on joint 6; a script switching between
+    them from scene to scene teaches a policy two wrist angles it averages into neither."""
+    wrists = np.array([run_episode("lift_pot", seed, twin=twins["lift_pot"], keep_targets=True)["targets"][-1]
+                       for seed in range(8)])
+    left, right = wrists[:, 5], wrists[:, DOF + 5]
+    assert np.all(left > 0) and np.all(right < 0), f"left {np.round(left, 2)}, right {np.round(right, 2)}"
+    assert np.ptp(left) < 1.5 and np.ptp(right) < 1.5  # one cluster per arm, not two pi apart
+
+
+def test_a_grasp_lifts_as_soon_as_the_fingers_stop_on_the_object(twins):
+    """No pause in which nothing observable changes: the arm rises within a few ticks of the
+    fingers stopping on the vegetable (a policy cannot time the end of a blind pause)."""
+    twin = twins["grasp_vegetable"]
+    twin.reset(4)
+    expert = make_expert(twin)
+    states = []
+    while not twin.success() and not twin.done():
+        twin.step(expert.act())
+        states.append(twin.puppet_state())
+    states = np.array(states)
+    grip, arm = states[:, DOF + 6], states[:, DOF:DOF + 6]
+    moving_grip = np.abs(np.diff(grip)) > 1e-4
+    moving_arm = np.max(np.abs(np.diff(arm, axis=0)), axis=1) > 1e-3
+    still = ~moving_grip & ~moving_arm
+    longest = max((len(run) for run in "".join("x" if s else " " for s in still).split()), default=0)
+    # A settle between moves is a few ticks; closing fully before lifting was 43 (1.4 s).
+    assert twin.success() and longest <= 10, f"{longest} ticks in which neither arm nor fingers moved"
 
 
 # --- inverse kinematics ----------------------------------------------------------------------

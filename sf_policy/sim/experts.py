@@ -4,7 +4,12 @@ An expert reads the true object poses (it is a script, not a policy), plans Cart
 waypoints for the tool point, turns them into joint targets with the IK, and streams
 smoothly interpolated master targets at 30 Hz, as a person moving the master arms would.
 Speeds stay well within the Piper's limits: joints peak below ~1.7 rad/s (limit pi) and
-grippers move at half their 0.1 m/s, so a full close takes 1.4 s.
+grippers move at half their 0.1 m/s, so a full close takes 1.4 s. A grasp closes until the
+fingers stop on the object and lifts at once, squeezing on while it rises, as an operator who
+feels the contact would (``Expert.close_until_contact``).
+
+Scripts are written to be learnable, not only to succeed: no pause in which nothing observable
+changes, and the same choice of wrist angle for similar scenes (``Expert.choose_frame``).
 
 Each task's script is a generator of 14-d master targets: it reads the twin between steps,
 so later waypoints (where to put a held object) come from where things actually are.
@@ -32,6 +37,13 @@ JOINT_SPEED = 0.9   # rad/s, average over a move
 GRIP_SPEED = 0.05   # m/s of opening
 LINE_SPEED = 0.12   # m/s along Cartesian lines
 LINE_STEP = 0.01    # m between IK waypoints on a Cartesian line
+# Fingers this far wider than their command are held apart by the object: contact. Free
+# fingers lag a ramping command by ~4 mm.
+CONTACT_LAG = 0.008  # m
+# The wrist angle (joint 6) each arm's grasps keep nearest to, choosing between the two finger
+# orders: mirrored, and where the tasks' grasps gather (right arm -1.7..-0.4 rad for the
+# vegetables, left arm +0.6..1.1 on the pot's handle), so no task's scenes straddle a switch.
+WRIST_REFERENCE = {"left": math.pi / 2, "right": -math.pi / 2}
 TILTS = np.radians([0, 10, 20, 30, 40, 50, 60])  # approach tilts tried, most vertical first
 
 Pose = tuple[np.ndarray, np.ndarray]  # tcp position (3) and rotation matrix (3x3)
@@ -100,33 +112,43 @@ class Expert:
         """The most vertical grasp rotation that reaches every point (``points(rotation)``)
         with one IK branch, joined by straight lines.
 
-        Tries each tilt (most vertical first), tilting either way, for each closing yaw
-        (both finger orders): the Piper's +-70 deg wrist leaves only some of them.
+        Tries each tilt (most vertical first), tilting either way, for each closing yaw: the
+        Piper's +-70 deg wrist leaves only some of them. Of the finger orders that reach (the
+        same grasp, pi apart on joint 6) it takes the one nearest this arm's WRIST_REFERENCE: a
+        script that took whichever it tried first would switch between them as the scene
+        varies, and a policy trained on both averages them into a wrist angle that grasps
+        nothing (lift_pot's left arm: 15 of 50 demonstrations at -2.0 rad, 35 at +0.6..1.1).
         """
         for tilt in TILTS:
-            for sign in (1.0, -1.0) if tilt else (1.0,):
-                for yaw in yaws:
+            found = []  # (distance to the reference wrist angle, order tried, rotation)
+            for sign in (1.0, -1.0) if tilt else (1.0,):  # tilting the other way with the fingers
+                for yaw in yaws:                            # swapped is the same approach
                     for flip in (0.0, math.pi):
                         mat = grasp_frame(yaw + flip, sign * tilt)
-                        if self._reaches(side, points(mat), mat):
-                            return mat
+                        q = self._reach(side, points(mat), mat)
+                        if q is not None:
+                            found.append((abs(q[5] - WRIST_REFERENCE[side]), len(found), mat))
+            if found:
+                return min(found, key=lambda f: f[:2])[2]
         where = [np.round(p, 3).tolist() for p in points(grasp_frame(0.0, 0.0))]
         raise IKError(f"{side} arm: no grasp rotation reaches all of {where}")
 
-    def _reaches(self, side: str, points: list[np.ndarray], mat: np.ndarray) -> bool:
+    def _reach(self, side: str, points: list[np.ndarray], mat: np.ndarray) -> np.ndarray | None:
+        """The joints at the first point if the arm reaches every point with one IK branch,
+        joined by straight lines; None if it does not."""
         ik, q = self.ik[side], self.arm(side)
         for p in points:
             found = ik.analytic(p, mat, q)
             if not found:
-                return False
+                return None
             q = found[0]
         try:  # the points must also join up on straight lines without branch jumps
-            q = ik.solve(points[0], mat, q0=self.arm(side)).q
+            first = q = ik.solve(points[0], mat, q0=self.arm(side)).q
             for p in points[1:]:
                 q = self.line(side, q, (p, mat))[-1]
         except IKError:
-            return False
-        return True
+            return None
+        return first
 
     # --- motions (generators of master targets) ------------------------------------------
     def move(self, goals: dict[str, Pose], grips: dict[str, float] | None = None, straight: bool = True,
@@ -171,6 +193,26 @@ class Expert:
     def grip(self, grips: dict[str, float], hold: float = 0.2) -> Iterator[np.ndarray]:
         """Ramp the grippers to these openings, then hold still while the grip settles."""
         yield from self._follow({}, grips, LINE_SPEED, settle=hold)
+
+    def close_until_contact(self, sides: Sequence[str]) -> Iterator[np.ndarray]:
+        """Close these grippers until each one's fingers stop on the object, as an operator
+        closes until they feel it and then moves on. The next move keeps squeezing (pass it
+        ``grips={side: GRIP_CLOSED}``). Why not close fully and hold: the fingers stop at the
+        object's width while the command keeps ramping, so the camera and the joint state
+        stay the same for a second or more, and a policy cannot tell when that pause ends:
+        it re-plans inside the pause forever and never lifts."""
+        step = GRIP_SPEED / CONTROL_HZ
+        closing = list(sides)
+        while closing:
+            state = self.twin.puppet_state()
+            for side in list(closing):
+                k = SIDES.index(side) * DOF_PER_ARM + 6
+                if self.q[k] <= GRIP_CLOSED or state[k] - self.q[k] > CONTACT_LAG:
+                    closing.remove(side)
+                else:
+                    self.q[k] = max(GRIP_CLOSED, self.q[k] - step)
+            if closing:
+                yield self.q.copy()
 
     def wait(self, seconds: float) -> Iterator[np.ndarray]:
         for _ in range(round(seconds * CONTROL_HZ)):
@@ -218,8 +260,8 @@ def _pick(ex: Expert, side: str, grasp: np.ndarray, yaws: list[float], lift_to: 
     pre = _above(grasp, mat, approach)
     yield from ex.move({side: (pre, mat)}, {side: opening}, straight=False, speed=0.25)
     yield from ex.move({side: (grasp, mat)}, speed=0.08)
-    yield from ex.grip({side: GRIP_CLOSED}, hold=0.3)
-    yield from ex.move({side: (lift_to, mat)}, speed=0.1)
+    yield from ex.close_until_contact([side])
+    yield from ex.move({side: (lift_to, mat)}, {side: GRIP_CLOSED}, speed=0.1)
 
 
 def _place(ex: Expert, side: str, body: str, goal: np.ndarray, clearance: float) -> Iterator[np.ndarray]:
@@ -235,10 +277,11 @@ def _place(ex: Expert, side: str, body: str, goal: np.ndarray, clearance: float)
 
 
 def lift_pot(ex: Expert) -> Iterator[np.ndarray]:
-    """Both arms reach the loop handles together, close on the outer bars and lift 8 cm."""
+    """Both arms reach the loop handles together, close on the outer bars and lift 12 cm
+    (success is 8 cm: the lift goes on through it, so a policy need not stop on the mark)."""
     rot = ex.twin.body_mat("pot")
     handles = {side: ex.twin.site_pos(f"pot_handle_{side}") for side in SIDES}
-    lift = np.array([0.0, 0.0, 0.08])
+    lift = np.array([0.0, 0.0, 0.12])
     frames = {}
     for side in SIDES:
         # Fingers close across the bar (along the pot's x), the approach tilting along it.
@@ -248,8 +291,8 @@ def lift_pot(ex: Expert) -> Iterator[np.ndarray]:
     yield from ex.move({s: (_above(handles[s], frames[s], 0.07), frames[s]) for s in SIDES},
                        {s: 0.04 for s in SIDES}, straight=False, speed=0.25)
     yield from ex.move({s: (handles[s], frames[s]) for s in SIDES}, speed=0.06)
-    yield from ex.grip({s: GRIP_CLOSED for s in SIDES}, hold=0.3)
-    yield from ex.move({s: (handles[s] + lift, frames[s]) for s in SIDES}, speed=0.06)
+    yield from ex.close_until_contact(SIDES)
+    yield from ex.move({s: (handles[s] + lift, frames[s]) for s in SIDES}, {s: GRIP_CLOSED for s in SIDES}, speed=0.06)
     yield from ex.wait(1.0)
 
 
