@@ -488,8 +488,9 @@ def _plot(results: Sequence[SimEvalResult], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(results), 3.2))
     rates = [r.success_rate for r in results]
-    low = [r.success_rate - r.interval[0] for r in results]
-    high = [r.interval[1] - r.success_rate for r in results]
+    # max(0, ...): at 0/n or n/n the Wilson bound equals the rate up to rounding, just past it
+    low = [max(0.0, r.success_rate - r.interval[0]) for r in results]
+    high = [max(0.0, r.interval[1] - r.success_rate) for r in results]
     ax.bar(range(len(results)), rates, yerr=[low, high], capsize=6, color="#4c72b0")
     ax.set_xticks(range(len(results)), [r.label for r in results], rotation=15)
     ax.set_ylim(0, 1)
