@@ -122,7 +122,13 @@ def write_report(data: dict, out: Path) -> None:
                           if r.get("heldout_joint_mae_rad") is not None else "")
                        + ("; most limited joints " + ", ".join(
                            f"{j} ({', '.join(f'{c} {v:.0%}' for c, v in causes.items())})" for j, causes in worst)
-                          if worst else "") + ".")
+                          if worst else "")
+                       + (f"; at the first frame of its training scenes, its chunk end is off the demonstration's "
+                          f"by {r['scene_reading']['error_ratio']:.2f}× a scene-blind policy's error, and showing "
+                          f"it another scene's cameras moves it by {r['scene_reading']['swap_ratio']:.2f}× the "
+                          "spread between scenes (a policy that reads the scene: near 0 and about 1; "
+                          "a blind one: 1 or more and 0)"
+                          if r.get("scene_reading") else "") + ".")
     machine = data["machine"]
     header = (f"# Learning in the twin: `bench/learn.py` ({data['mode']})\n\nMachine: {machine['cpu']}, "
               f"{machine['cores']} cores, no GPU; torch {machine['packages'].get('torch', '?')}; {data['time']}. "

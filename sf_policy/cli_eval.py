@@ -13,6 +13,7 @@ latest checkpoint).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -124,6 +125,43 @@ def sim_cmd(
     console.print(Markdown(results_table(results)))
     console.print(Markdown(limits_table(results)))
     console.print(f"results: {out / 'results.md'}  {out / 'results.json'}  {out / 'success.png'}")
+
+
+@app.command("scene-reading")
+def scene_reading_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint or run directory."),
+    dataset: Path = typer.Option(..., help="LeRobot v3 dataset whose episodes start at rest (e.g. the training "
+                                 "data: does the policy even fit what the scene decides?)."),
+    frame: int = typer.Option(0, help="Control tick into each episode to probe."),
+    episodes: Optional[List[int]] = typer.Option(None, help="Episode index (repeat; default all)."),
+    num_steps: int = typer.Option(10, help="Flow-matching steps per chunk."),
+    out: Optional[Path] = typer.Option(None, help="Also write the figures to this JSON file."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+):
+    """Does the policy read the scene or only its own motion? At a frame where every episode is
+    at rest in the same pose, compare its chunk to the demonstration's, to a scene-blind
+    policy's, and to its own chunk with another episode's cameras (sf_policy/eval/scene_reading.py)."""
+    from .eval.scene_reading import scene_reading
+    from .runtime.inference import load_for_inference
+
+    for path, hint in ((checkpoint, "--checkpoint"), (dataset, "--dataset")):
+        if not path.exists():
+            raise typer.BadParameter(f"{path} does not exist", param_hint=hint)
+    policy = load_for_inference(checkpoint, device=device)
+    try:
+        reading = scene_reading(policy, dataset, frame=frame, episodes=episodes, num_steps=num_steps)
+    except (ValueError, IndexError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(reading.summary())
+    for name, *values in zip(reading.joints, reading.spread, reading.error, reading.blind_error, reading.swap,
+                             reading.correlation):
+        console.print(f"  {name:14s} spread {values[0]:.3f}  error {values[1]:.3f}  blind {values[2]:.3f}  "
+                      f"swap {values[3]:.3f}  corr {values[4]:+.2f}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(reading.to_dict(), indent=2))
+        console.print(f"written: {out}")
 
 
 @app.command("replay")

@@ -29,6 +29,8 @@ JOINT_NAMES: tuple[str, ...] = tuple(f"{side}_{name}" for side in SIDES for name
 STATE_DIM = len(JOINT_NAMES)  # 14
 #: Index of each gripper in the 14-d vector (grippers are handled apart from joints).
 GRIPPER_INDICES: tuple[int, ...] = tuple(i for i, n in enumerate(JOINT_NAMES) if n.endswith(GRIPPER))
+#: Index of each arm joint (everything but the grippers).
+ARM_INDICES: tuple[int, ...] = tuple(i for i in range(STATE_DIM) if i not in GRIPPER_INDICES)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sf_policy.data.stats import vector_stats
 from sf_policy.embodiment import GRIPPER_INDICES
 from sf_policy.model.actions import action_stats, delta_mask, from_model, policy_stats, to_model
 from sf_policy.model.normalize import Normalizer
-from sf_policy.model.policy import LoraSettings, Policy, PolicyConfig, build_pi0, unwrap
+from sf_policy.model.policy import LoraSettings, Policy, PolicyConfig, build_pi0, sincos_positions, unwrap
 from sf_policy.model.tokenizer import tiny_tokenizer
 
 GRIPPERS = list(GRIPPER_INDICES)
@@ -233,6 +233,24 @@ def test_tiny_model_builds_from_the_tokenizer(policy, tokenizer_dir):
     assert sum(p.numel() for p in pi0.parameters()) < 1_000_000
 
 
+def test_scratch_vision_starts_with_2d_positions_that_tell_patches_apart(policy, tokenizer_dir):
+    embeddings = policy.pi0.model.vlm.vision_tower.embeddings
+    grid = embeddings.image_size // embeddings.patch_size
+    codes = embeddings.position_embedding.weight.detach()
+    assert torch.equal(codes, sincos_positions(grid, embeddings.embed_dim))
+    # neighbours are closer than far patches, along rows and columns alike
+    at = lambda r, c: codes[r * grid + c]  # noqa: E731
+    assert torch.dist(at(0, 0), at(0, 1)) < torch.dist(at(0, 0), at(0, grid - 1))
+    assert torch.dist(at(0, 0), at(1, 0)) < torch.dist(at(0, 0), at(grid - 1, 0))
+    assert len({tuple(row.tolist()) for row in codes}) == grid * grid
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(4, 30)
+    default = _policy(tokenizer_dir, patch_positions="random").pi0.model.vlm.vision_tower.embeddings
+    assert not torch.equal(default.position_embedding.weight.detach(), codes)
+    with pytest.raises(ValueError, match="patch_positions must be sincos or random"):
+        PolicyConfig(tiny=True, patch_positions="learned")
+
+
 def test_checkpoint_round_trip_from_a_local_directory(policy, tmp_path, tokenizer_dir):
     policy.pi0.save_pretrained(tmp_path / "ckpt")
     loaded = build_pi0(PolicyConfig(checkpoint=str(tmp_path / "ckpt")))
@@ -317,6 +335,7 @@ def test_policy_save_and_load_round_trip(policy, tmp_path):
     noise = _fixed(2)[0]
     assert torch.equal(loaded.sample(batch, num_steps=2, noise=noise), policy.sample(batch, num_steps=2, noise=noise))
     assert loaded.processor.config == policy.processor.config
+    assert loaded.config.state_input and loaded.processor.config.state_input
     assert loaded.processor.normalizer.to_dict() == policy.processor.normalizer.to_dict()
 
 

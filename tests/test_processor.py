@@ -196,3 +196,14 @@ def test_processor_config_round_trips():
     assert ProcessorConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="representation"):
         ProcessorConfig(representation="velocity")
+
+
+def test_without_state_input_the_model_state_is_blank_and_actions_stay_relative(tokenizer):
+    rng = np.random.default_rng(3)
+    sample = _sample(rng)
+    blind, seeing = _processor(tokenizer, state_input=False)([sample]), _processor(tokenizer)([sample])
+    assert torch.count_nonzero(blind["state"]) == 0 and torch.count_nonzero(seeing["state"]) > 0
+    assert torch.equal(blind["raw_state"], seeing["raw_state"])
+    assert torch.equal(blind["actions"], seeing["actions"])  # delta actions still use the true state
+    config = ProcessorConfig(state_input=False)
+    assert ProcessorConfig.from_dict(config.to_dict()) == config

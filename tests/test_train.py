@@ -91,6 +91,27 @@ def test_a_held_out_count_that_leaves_nothing_to_train_on_is_refused_naming_the_
     assert len(train) > 0 and len(held) > 0
 
 
+def test_episode_starts_are_drawn_more_often_and_nothing_else_changes(twin_dataset):
+    from collections import Counter
+
+    from sf_policy.data.reader import DatasetReader
+    from sf_policy.train.data import emphasise_starts
+
+    train, _ = split_episodes(twin_dataset, heldout=1, seed=0)
+    with DatasetReader(twin_dataset) as reader:
+        window = int(round(0.5 * reader.fps))
+        starts = {ep.from_index for ep in reader.episodes}
+    emphasised = emphasise_starts(twin_dataset, train, seconds=0.5, weight=3)
+    counts = Counter(emphasised.tolist())
+    assert set(counts) == set(train.tolist())
+    early = {row for row in train.tolist() if any(0 <= row - s < window for s in starts)}
+    assert early and all(counts[row] == (3 if row in early else 1) for row in counts)
+    assert len(early) == 2 * window  # the two training episodes' first half second
+    assert np.array_equal(emphasise_starts(twin_dataset, train, seconds=0.5, weight=1), train)
+    with pytest.raises(ConfigError, match="data.start_weight must be an integer >= 1"):
+        load_config("tiny", ["data.start_weight=0"])
+
+
 def test_recorded_twin_episodes_know_their_scene_and_a_split_knows_what_it_trained_on(twin_dataset):
     from sf_policy.data.reader import DatasetReader
     from sf_policy.train.data import training_scenes
@@ -290,6 +311,20 @@ def test_state_dropout_blanks_the_state_input_of_some_samples_only_in_training(t
         tiny(twin_dataset, tmp_path, "data.state_dropout=1.0")
 
 
+def test_state_noise_perturbs_only_the_real_state_dimensions(twin_dataset, tmp_path):
+    from sf_policy.embodiment import STATE_DIM
+    from sf_policy.train.loop import Trainer
+
+    trainer = Trainer(tiny(twin_dataset, tmp_path, "optim.steps=1", "align.alpha=0", "log.eval_every=0",
+                           "data.state_noise=0.2", "data.workers=0"))
+    state = torch.zeros(256, 32)
+    noisy = trainer._noisy_state({"state": state})["state"]
+    assert noisy.shape == state.shape and torch.count_nonzero(noisy[:, STATE_DIM:]) == 0
+    assert abs(float(noisy[:, :STATE_DIM].std()) - 0.2) < 0.02
+    with pytest.raises(ConfigError, match="data.state_noise must be >= 0"):
+        tiny(twin_dataset, tmp_path, "data.state_noise=-1")
+
+
 def test_the_small_recipe_tokenizer_knows_the_task_words(twin_dataset, tmp_path):
     from sf_policy.data.reader import DatasetReader
     from sf_policy.train.loop import Trainer
@@ -303,3 +338,36 @@ def test_the_small_recipe_tokenizer_knows_the_task_words(twin_dataset, tmp_path)
     vegetable = prompt.split()[3]  # "pick up the <vegetable> with the right gripper"
     assert f"Ġ{vegetable}" in tokenizer.tokenize(prompt)  # one token, not five pieces
     assert trainer.policy.processor.config.image_size == 112  # the small size's cameras
+
+
+def test_scene_reading_probe_measures_a_policy_at_the_episodes_first_frame(twin_dataset, tmp_path):
+    from sf_policy.data.reader import DatasetReader
+    from sf_policy.eval.scene_reading import scene_reading
+    from sf_policy.model.actions import policy_stats
+    from sf_policy.model.policy import Policy, PolicyConfig
+    from sf_policy.model.tokenizer import tiny_tokenizer
+
+    tiny_tokenizer(tmp_path / "tok")
+    with DatasetReader(twin_dataset) as reader:
+        stats = policy_stats(reader, "delta", chunk_size=50)
+    torch.manual_seed(0)
+    policy = Policy.build(PolicyConfig(tiny=True, tokenizer=str(tmp_path / "tok")), stats=stats).eval()
+    reading = scene_reading(policy, twin_dataset, frame=0, num_steps=2)
+    assert reading.episodes == 3 and reading.joints and all(name.startswith("right_") for name in reading.joints)
+    for values in (reading.spread, reading.error, reading.blind_error, reading.swap):
+        assert len(values) == len(reading.joints) and np.isfinite(values).all() and min(values) >= 0
+    assert max(reading.spread) > 0  # grasp_vegetable's scenes differ: its right arm's chunk end does too
+    summary = reading.summary()
+    assert "scene-blind" in summary and f"ratio {reading.error_ratio:.2f}" in summary
+    assert set(reading.to_dict()) >= {"error_ratio", "swap_ratio", "correlation"}
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        scene_reading(policy, twin_dataset, episodes=[0])
+    with pytest.raises(ValueError, match="have no frame 100000"):
+        scene_reading(policy, twin_dataset, frame=100_000)
+    from typer.testing import CliRunner
+
+    from sf_policy.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "scene-reading", "-c", str(tmp_path), "--dataset",
+                                      str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "Invalid value for --dataset" in result.output

@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embodiment import GRIPPER_INDICES, JOINT_NAMES, STATE_DIM
+from ..embodiment import ARM_INDICES, GRIPPER_INDICES, JOINT_NAMES, STATE_DIM
 from ..topics import CAMERA_ROLES
 
-ARM_INDICES: tuple[int, ...] = tuple(i for i in range(STATE_DIM) if i not in GRIPPER_INDICES)
 METRICS_FILE = "metrics.json"
 ARRAYS_FILE = "replay.npz"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embodiment import GRIPPER_INDICES, JOINT_NAMES, STATE_DIM
+from ..embodiment import ARM_INDICES, GRIPPER_INDICES, JOINT_NAMES, STATE_DIM
 
-ARM = [i for i in range(STATE_DIM) if i not in GRIPPER_INDICES]
+ARM = list(ARM_INDICES)
 GRIP = list(GRIPPER_INDICES)
 MAX_EPISODE_FIGURES = 6   # the report stays a few MB; metrics cover every episode
 FANS = 8                  # chunks drawn whole in each trajectory plot

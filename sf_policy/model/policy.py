@@ -74,6 +74,12 @@ class PolicyConfig:
     representation: str = "delta"  # "absolute" | "delta" (arm joints relative, grippers absolute)
     norm_mode: str = "zscore"  # "zscore" | "quantile"
     gripper_norm: str = "range"  # "range" (physical 0..0.07 m) | "stats"
+    # False: the model never sees the joint state (it is blanked, in training and deployment
+    # alike); actions stay relative to it. See ProcessorConfig.state_input.
+    state_input: bool = True
+    # A π0 from scratch: its SigLIP patch positions start at 2-D sine-cosine codes ("sincos") or at
+    # transformers' random default ("random"); see init_patch_positions. A checkpoint keeps its own.
+    patch_positions: str = "sincos"
     chunk_size: int = 50
     max_prompt_tokens: int = 48
     lora: LoraSettings | None = None
@@ -88,6 +94,8 @@ class PolicyConfig:
             self.lora = LoraSettings(**lora)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.patch_positions not in ("sincos", "random"):
+            raise ValueError(f"patch_positions must be sincos or random, got {self.patch_positions!r}")
         if self.size not in SCRATCH_SIZES:
             raise ValueError(f"size must be one of {', '.join(SCRATCH_SIZES)}, got {self.size!r}")
 
@@ -166,6 +174,34 @@ def tiny_pi0_config(vocab_size: int, image_token_id: int, chunk_size: int = 50, 
     )
 
 
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """[grid², width] 2-D sine-cosine position codes (MAE's): half the channels code the row,
+    half the column, each at geometrically spaced frequencies."""
+    if width % 4:
+        raise ValueError(f"2-D sine-cosine positions need a width divisible by 4, got {width}")
+    freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    codes = [f(axis.reshape(-1, 1) * freqs) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    return torch.cat(codes, dim=1).float()
+
+
+def init_patch_positions(model: nn.Module) -> None:
+    """Start a from-scratch SigLIP's patch positions at 2-D sine-cosine codes.
+
+    Its default start (N(0, 1/width)) is about a tenth of the patch embeddings' size, and the
+    policy has to learn from the action loss alone where on the table each patch lies: the
+    `small` recipe's policies reached for the average grasp pose whatever the scene, their
+    chunk at the first frame uncorrelated with the demonstration's (docs/results/learn.md).
+    Codes that already say where a patch is make "where is the object" a readout. They stay
+    trainable. A pretrained checkpoint keeps its own."""
+    for module in model.modules():
+        if type(module).__name__ == "SiglipVisionEmbeddings":
+            grid = module.image_size // module.patch_size
+            with torch.no_grad():
+                module.position_embedding.weight.copy_(sincos_positions(grid, module.embed_dim))
+
+
 def image_token_id_of(tokenizer) -> tuple[int, int]:
     """(image token id, vocabulary size) for a tiny model sized to ``tokenizer``."""
     vocab = tokenizer.get_vocab()
@@ -199,6 +235,8 @@ def build_pi0(config: PolicyConfig, tokenizer=None) -> nn.Module:
         image_token_id, vocab_size = image_token_id_of(tokenizer)
         model = PI0ForConditionalGeneration(tiny_pi0_config(vocab_size, image_token_id, config.chunk_size,
                                                             config.size))
+        if config.patch_positions == "sincos":
+            init_patch_positions(model)
         model.to(dtype)
     else:
         raise ValueError("PolicyConfig needs a checkpoint directory or tiny=True")
@@ -461,7 +499,8 @@ def processor_for(pi0_config, tokenizer, normalizer: Normalizer, config: PolicyC
     processor_config = ProcessorConfig(
         image_size=vision.image_size, patch_size=vision.patch_size, max_prompt_tokens=config.max_prompt_tokens,
         chunk_size=pi0_config.chunk_size, max_state_dim=pi0_config.max_state_dim,
-        max_action_dim=pi0_config.max_action_dim, representation=config.representation)
+        max_action_dim=pi0_config.max_action_dim, representation=config.representation,
+        state_input=config.state_input)
     return PolicyProcessor(tokenizer, normalizer, pi0_config.vlm_config.image_token_id, processor_config)
 
 

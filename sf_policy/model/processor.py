@@ -69,6 +69,11 @@ class ProcessorConfig:
     max_action_dim: int = 32
     representation: str = "delta"
     camera_roles: tuple[str, ...] = CAMERA_ROLES
+    # False: the model input ``state`` is blanked (0, the normalised mean) for every sample, so the
+    # policy reads the arms' pose from the cameras. Demonstrations that move along fixed-time paths
+    # from one home pose let a policy read where the arm is going from where it is, and never learn
+    # to look for the object (docs/results/learn.md). ``raw_state`` (for delta actions) is kept.
+    state_input: bool = True
 
     def __post_init__(self) -> None:
         check_representation(self.representation)
@@ -160,6 +165,8 @@ class PolicyProcessor:
         state = _vector(sample["state"], f"{where}: state", (STATE_DIM,))
         row["raw_state"] = torch.from_numpy(state).float()
         row["state"] = _pad(torch.from_numpy(self.normalizer.normalize(state, STATE)).float(), cfg.max_state_dim)
+        if not cfg.state_input:
+            row["state"] = torch.zeros_like(row["state"])
         if sample.get("actions") is not None:
             row["actions"], row["action_pad"] = self.actions(sample["actions"], state, where)
         return row

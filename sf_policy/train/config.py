@@ -69,12 +69,21 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes (0: decode in the training process)
     frames: str = "video"  # video: decode from the mp4s per sample | decoded: decode once to disk (data/decoded.py)
     state_dropout: float = 0.0  # share of training samples whose state input is blanked (the mean): see loop.py
+    state_noise: float = 0.0  # std of Gaussian noise on the normalised state input (z units): see loop.py
+    start_weight: int = 1  # draw the frames of each episode's first start_seconds this many times as often
+    start_seconds: float = 0.5  # (see data.emphasise_starts: the frames that decide the reach)
 
     def __post_init__(self) -> None:
         if self.frames not in ("video", "decoded"):
             raise ValueError(f"data.frames must be video or decoded, got {self.frames!r}")
         if not 0.0 <= self.state_dropout < 1.0:
             raise ValueError(f"data.state_dropout must be in [0, 1), got {self.state_dropout}")
+        if not self.state_noise >= 0:
+            raise ValueError(f"data.state_noise must be >= 0, got {self.state_noise}")
+        if not (isinstance(self.start_weight, int) and self.start_weight >= 1):
+            raise ValueError(f"data.start_weight must be an integer >= 1, got {self.start_weight!r}")
+        if not self.start_seconds >= 0:
+            raise ValueError(f"data.start_seconds must be >= 0, got {self.start_seconds}")
 
 
 @dataclass

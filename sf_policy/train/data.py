@@ -136,6 +136,29 @@ def split_episodes(root: str | Path, heldout: float, seed: int = 0) -> tuple[np.
     return join(train), join(test)
 
 
+def emphasise_starts(root: str | Path, rows: np.ndarray, seconds: float, weight: int) -> np.ndarray:
+    """``rows`` with each frame of an episode's first ``seconds`` repeated ``weight`` times.
+
+    Why: every demonstration starts at rest in the same pose, and from there the arm's own
+    motion gives away where it is going; only the first frames' chunks depend on the cameras
+    alone (where the object lies). Drawn as often as the rest (a few % of the frames), a
+    from-scratch model fits everything else first and reaches for the average pose, whatever
+    the scene (docs/results/learn.md). Rows are positions in the dataset, as ``split_episodes``
+    returns them; order is kept, so the draw stays a function of (seed, batch number)."""
+    if weight == 1 or seconds <= 0 or len(rows) == 0:
+        return rows
+    reader = DatasetReader(root)
+    try:
+        first = reader.episodes[0].from_index
+        starts = np.array([ep.from_index - first for ep in reader.episodes])
+        window = int(round(seconds * reader.fps))
+    finally:
+        reader.close()
+    # the episode each row belongs to is the last one starting at or before it
+    into_episode = rows - starts[np.searchsorted(starts, rows, side="right") - 1]
+    return np.repeat(rows, np.where(into_episode < window, weight, 1))
+
+
 class ResumableBatches(Sampler[list[int]]):
     """Endless shuffled batches whose order depends only on (seed, batch number).
 

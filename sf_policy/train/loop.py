@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 from ..align.aligner import SpatialAligner, attach
 from ..data.decoded import DecodedFrames
 from ..data.reader import DatasetReader
+from ..embodiment import STATE_DIM
 from ..model.actions import policy_stats
 from ..model.normalize import Normalizer
 from ..model.policy import NORMALIZER_FILE, Policy
 from ..topics import CAMERA_ROLES
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import ChunkDataset, ResumableBatches, split_episodes, training_scenes
+from .data import ChunkDataset, ResumableBatches, emphasise_starts, split_episodes, training_scenes
 from .targets import TargetSource, vla_grid
 
 
@@ -106,6 +107,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.root = Path(cfg.data.root)
         self.train_idx, self.heldout_idx = split_episodes(self.root, cfg.data.heldout_episodes, cfg.seed)
+        self.train_idx = emphasise_starts(self.root, self.train_idx, cfg.data.start_seconds, cfg.data.start_weight)
         self.scenes, self.unknown_scenes = training_scenes(self.root, cfg.data.heldout_episodes, cfg.seed)
         resume_from = ckpt.resolve_checkpoint(resume) if resume else None
         self.policy = self._build_policy(resume_from)
@@ -216,6 +218,8 @@ class Trainer:
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_action, and with SF L_align and L = L_action + α·L_align, for one batch."""
         batch = _to(batch, self.accelerator.device)
+        if self.cfg.data.state_noise > 0 and self.policy_ddp.training:
+            batch = self._noisy_state(batch)
         if self.cfg.data.state_dropout > 0 and self.policy_ddp.training:
             batch = self._drop_state(batch)
         action, _ = self.policy_ddp(batch, generator=self.generator)  # the hook captures layer k here
@@ -227,6 +231,19 @@ class Trainer:
             if result.layer_weights is not None:
                 out["layer_weights"] = result.layer_weights
         return out
+
+    def _noisy_state(self, batch: dict) -> dict:
+        """Add N(0, state_noise²) to the normalised state input (its real joints, not the padding).
+
+        Every episode starts at rest in one pose, and the first ticks of a reach move the arm by
+        thousandths of a radian, yet that is enough to tell where it is going: a model reads the
+        target out of a 0.01-σ deviation of the state long before it learns to find the object in
+        the cameras (docs/results/learn.md). Below the noise, the state says nothing; the
+        actions stay relative to the true state."""
+        state = batch["state"]
+        noise = torch.randn(state.shape[0], STATE_DIM, generator=self.generator, device=self.generator.device)
+        noise = noise.to(state.device, state.dtype) * self.cfg.data.state_noise
+        return {**batch, "state": torch.cat([state[:, :STATE_DIM] + noise, state[:, STATE_DIM:]], dim=1)}
 
     def _drop_state(self, batch: dict) -> dict:
         """Blank the state input (to the dataset mean: 0 once normalised) of a random share of the
@@ -369,9 +386,10 @@ class Trainer:
 
         path = ckpt.step_dir(self.run_dir, step)
         if acc.is_main_process:
+            train_frames = len(np.unique(self.train_idx))  # data.start_weight repeats some
             dataset = {"root": str(self.root.resolve()), "fingerprint": ckpt.dataset_fingerprint(self.root),
-                       "frames": int(len(self.train_idx) + len(self.heldout_idx)),
-                       "train_frames": int(len(self.train_idx)), "heldout_frames": int(len(self.heldout_idx)),
+                       "frames": int(train_frames + len(self.heldout_idx)),
+                       "train_frames": int(train_frames), "heldout_frames": int(len(self.heldout_idx)),
                        # the twin scenes trained on: `sf eval sim` refuses to score a policy on them
                        "train_sim_seeds": sorted(self.scenes), "train_episodes_without_seed": self.unknown_scenes}
             path = ckpt.save_checkpoint(self.run_dir, step, _unwrap(self.policy_ddp), self.aligner, self.cfg.to_yaml(),
@@ -399,7 +417,7 @@ def _unwrap(module):
 @torch.no_grad()
 def open_loop_error(policy: Policy, batch: dict, generator: torch.Generator) -> tuple[float, float]:
     """Mean absolute error of sampled chunks vs. the recorded actions: joints (rad), grippers (m)."""
-    from ..embodiment import GRIPPER_INDICES, STATE_DIM
+    from ..embodiment import GRIPPER_INDICES
 
     predicted = policy.sample(batch, generator=generator)  # [B, chunk, 14] absolute
     truth = policy.processor.postprocess(batch["actions"][..., :STATE_DIM].to(predicted.device),
