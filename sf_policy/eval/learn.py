@@ -141,7 +141,7 @@ def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log
     previous = reused and _previous_result(work, final, s, list(range(eval_seed, eval_seed + episodes)), intermediate)
     if previous:
         log(f"reusing {work / 'result.json'}: this checkpoint, evaluated on the same scenes")
-        if previous.scene_reading is None and len(seeds) - heldout >= 2:
+        if previous.scene_reading is None:  # a result from before the probe existed
             previous.scene_reading = _scene_reading(final, dataset, cfg, log)
             (work / "result.json").write_text(json.dumps(previous.to_dict(), indent=2))
         return previous
