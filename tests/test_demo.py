@@ -30,6 +30,7 @@ def test_sf_demo_end_to_end(tmp_path):
     assert "PASS" in result.stdout
 
 
+@pytest.mark.slow  # about 70 s here
 def test_sf_demo_walks_the_whole_loop(tmp_path):
     """The README's main command, scaled down: the twin's scripted operator works the recorder
     through ROS (+ in-process demonstrations) → teacher cache → SF and baseline → closed-loop eval

@@ -29,6 +29,7 @@ def fitted(tmp_path_factory):
     return run_learn(settings, work, progress=False), work
 
 
+@pytest.mark.slow  # the fixture trains and runs the twin: about 2.5 min here
 def test_a_policy_fit_to_a_demonstration_reproduces_it_closed_loop(fitted):
     result, work = fitted
     assert result.mode == "seen" and result.eval_seeds == result.demo_seeds == [0]
@@ -39,6 +40,7 @@ def test_a_policy_fit_to_a_demonstration_reproduces_it_closed_loop(fitted):
     assert json.loads((work / "result.json").read_text())["successes"] == 1
 
 
+@pytest.mark.slow
 def test_the_check_catches_a_broken_chain(fitted):
     """The same checkpoint with the delta actions mistaken for absolute targets (an action
     representation lost between training and deployment) fails the same scene."""
