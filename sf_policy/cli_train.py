@@ -46,7 +46,10 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
     cfg = _config(config, overrides or [])
     if cfg.aligned and cfg.teacher.mode == "cache" and resume is None:
         _ensure_cache(cfg)
-    final = train(cfg, resume=resume, progress=progress)
+    try:
+        final = train(cfg, resume=resume, progress=progress)
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="name") from None
     console.print(f"[green]done[/green]: {final}  (load it with sf_policy.train.checkpoint.load_policy)")
 
 

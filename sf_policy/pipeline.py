@@ -24,6 +24,7 @@ README "What the demo shows" says what its figures can and cannot mean.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -143,6 +144,7 @@ def _train(out: Path, s: LoopSettings, dataset: Path, summary: dict) -> dict[str
         if cfg.aligned and cfg.teacher.mode == "cache":
             summary["artifacts"]["teacher_cache"] = str(build_cache(cfg.data.root, cfg.teacher,
                                                                     grid=vla_grid(cfg.policy)).path)
+        shutil.rmtree(out / "train" / name, ignore_errors=True)  # this loop's own run from before: retrained
         runs[key] = train(cfg, progress=True)
         summary["artifacts"][f"checkpoint_{key}"] = str(runs[key])
         summary.setdefault("train", {})[key] = _last_metrics(out / "train" / name / "metrics.jsonl")

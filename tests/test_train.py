@@ -199,6 +199,10 @@ def test_resume_follows_the_same_loss_trajectory(twin_dataset, tmp_path):
     build_cache(twin_dataset, first.teacher, progress=False)
     train(first, progress=False)
     second = tiny(twin_dataset, tmp_path / "b", *steps)
+    before = (tmp_path / "b" / "tiny" / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match=r"already holds a training run .*--resume"):
+        train(second, progress=False)  # a fresh run into the same directory: refused, nothing touched
+    assert (tmp_path / "b" / "tiny" / "metrics.jsonl").read_text() == before
     train(second, resume=tmp_path / "b" / "tiny" / "checkpoints" / "step_000003", progress=False)
     got = [r for r in metrics(tmp_path / "b" / "tiny") if r["step"] > 3]
     assert [r["step"] for r in got] == [4, 5, 6]

@@ -126,6 +126,8 @@ def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log
         final, train_minutes = step_dir(run, s.steps), _train_minutes(run)
         log(f"reusing {final}: trained with this config ({train_minutes:.1f} min)")
     else:
+        if run.exists():  # trained with another config: kept beside, never mixed with the new run
+            _replace(run, run.with_name(run.name + ".previous"), log)
         started = time.perf_counter()
         log(f"training {s.preset} for {s.steps} steps on {s.demos} demonstrations")
         final = train(cfg, progress=progress)
@@ -233,6 +235,14 @@ def _finished(run: Path, cfg) -> bool:
         config.pop("log", None)
         config["policy"].pop("tokenizer", None)  # filled in by training
     return old == new
+
+
+def _replace(run: Path, aside: Path, log: Callable) -> None:
+    import shutil
+
+    shutil.rmtree(aside, ignore_errors=True)
+    run.rename(aside)
+    log(f"{run} was trained with another config: moved to {aside}")
 
 
 def _train_minutes(run: Path) -> float:

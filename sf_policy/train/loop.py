@@ -95,6 +95,8 @@ class Trainer:
             raise ValueError("no dataset: set data.root=<dataset directory>")
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir) / cfg.name
+        if resume is None:
+            refuse_to_overwrite(self.run_dir)
         trackers = ["tensorboard"] + (["wandb"] if cfg.log.wandb else [])
         per_device = cfg.optim.batch_size // cfg.optim.grad_accum
         self.accelerator = accelerator or Accelerator(
@@ -441,6 +443,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = str(v)
     return out
+
+
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A fresh run never trains into another run's directory: it would append to that run's
+    metrics.jsonl and prune its checkpoints."""
+    held = [p.name for p in (run_dir / "metrics.jsonl", run_dir / "checkpoints") if p.exists()]
+    if held:
+        raise FileExistsError(f"{run_dir} already holds a training run ({', '.join(held)}): continue it with "
+                              f"--resume {run_dir}, or give this run another name (name=...); nothing was changed")
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
