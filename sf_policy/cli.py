@@ -83,14 +83,16 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
 @app.command()
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), help="Where every artifact, report and log goes."),
-    task: str = typer.Option("grasp_vegetable", help="Twin task: grasp_vegetable, lift_pot, place_block, stack_cups."),
-    episodes: int = typer.Option(8, help="Demonstrations the scripted operator records through ROS (seeds seed, "
+    task: str = typer.Option(LoopSettings.task, help="Twin task: grasp_vegetable, lift_pot, place_block, stack_cups."),
+    episodes: int = typer.Option(LoopSettings.episodes, help="Demonstrations the scripted operator records through ROS (seeds seed, "
                                           "seed+1, ...)."),
     seed: int = typer.Option(0, help="First recorded episode's seed."),
     extra_demos: int = typer.Option(LoopSettings.extra_demos, help="More demonstrations recorded in-process into "
                                     "the same dataset (seeds from 100) before training."),
     until: str = typer.Option("replay", help="Last stage: record, train, eval or replay (the whole loop)."),
     preset: str = typer.Option(LoopSettings.preset, help="Training preset (sf_policy/train/configs)."),
+    size: str = typer.Option(LoopSettings.size, help="The π0's size (policy.size): micro (56 px cameras, ~0.065 s a "
+                             "step here) or small (112 px, ~0.2 s; docs/results/learn.md)."),
     train_steps: int = typer.Option(LoopSettings.train_steps, help="Training steps of each policy."),
     sf: bool = typer.Option(LoopSettings.sf, "--sf/--no-sf", help="Also train Spatial Forcing (α = 0.5) beside the "
                             "baseline (twice the training time)."),
@@ -122,7 +124,7 @@ def demo(
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     else:
         _demo_loop(out, verbose, task=task, episodes=episodes, seed=seed, extra_demos=extra_demos, until=until,
-                   preset=preset, train_steps=train_steps, sf=sf, eval_episodes=eval_episodes, eval_seed=eval_seed,
+                   preset=preset, size=size, train_steps=train_steps, sf=sf, eval_episodes=eval_episodes, eval_seed=eval_seed,
                    seen_episodes=seen_episodes, bags=bags)
         return
     _print_report(report)

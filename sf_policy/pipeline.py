@@ -17,7 +17,7 @@ Every stage is the tool a user runs by hand, called with the same arguments:
 4. replay: ``sf eval replay`` of the first checkpoint over one of the episodes recorded
    through ROS, from the dataset and from that episode's raw MCAP bag (the recorder writes both).
 
-Sizes are for a 2-core CPU (the ``small`` preset: a π0 from scratch, docs/results/learn.md);
+Sizes are for a 2-core CPU (the ``small`` preset's π0 from scratch at the ``micro`` size, docs/results/learn.md);
 README "What the demo shows" says what its figures can and cannot mean.
 """
 
@@ -35,13 +35,14 @@ STAGES = ("record", "train", "eval", "replay")
 
 @dataclass
 class LoopSettings:
-    task: str = "grasp_vegetable"
+    task: str = "lift_pot"
     episodes: int = 8            # demonstrations recorded through ROS
     seed: int = 0                # first recorded scene
-    extra_demos: int = 32        # more demonstrations recorded in-process (0: none)
+    extra_demos: int = 42        # more demonstrations recorded in-process (0: none)
     extra_seed: int = 100        # their first scene
     preset: str = "small"
-    train_steps: int = 4000
+    size: str = "micro"          # policy.size: micro (56 px cameras) steps 3× faster than small (112 px) on 2 cores
+    train_steps: int = 12000
     sf: bool = False             # also train Spatial Forcing (α = 0.5) beside the baseline
     eval_episodes: int = 10
     eval_seed: int = 1000        # first evaluation scene: never among the recorded ones
@@ -56,6 +57,10 @@ class LoopSettings:
             raise ValueError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
         if min(self.episodes, self.train_steps, self.eval_episodes, self.replay_every) < 1:
             raise ValueError("episodes, train_steps, eval_episodes and replay_every must be at least 1")
+        from .model.policy import SCRATCH_SIZES  # before minutes of recording, not at training
+
+        if self.size not in SCRATCH_SIZES:
+            raise ValueError(f"size must be one of {', '.join(SCRATCH_SIZES)}, got {self.size!r}")
         if min(self.extra_demos, self.seen_episodes) < 0:
             raise ValueError("extra_demos and seen_episodes must be >= 0")
         recorded = [(self.seed, self.seed + 3 * self.episodes)]  # record_nodes may try up to 3x the seeds
@@ -136,10 +141,11 @@ def _train(out: Path, s: LoopSettings, dataset: Path, summary: dict) -> dict[str
         seeds = record_expert(dataset, s.task, episodes=s.extra_demos, seed=s.extra_seed)
         summary["record"]["extra_demos"] = {"episodes": len(seeds), "seeds": seeds, "how": "in-process (record_expert)"}
     runs = {}
-    models = (("baseline", f"{s.preset}_baseline", 0.0),) + ((("sf", f"{s.preset}_sf", 0.5),) if s.sf else ())
+    models = (("baseline", f"{s.size}_baseline", 0.0),) + ((("sf", f"{s.size}_sf", 0.5),) if s.sf else ())
     for key, name, alpha in models:
         cfg = load_config(s.preset, [f"data.root={dataset}", f"output_dir={out / 'train'}", f"name={name}",
-                                     f"optim.steps={s.train_steps}", f"align.alpha={alpha}",
+                                     f"policy.size={s.size}", f"optim.steps={s.train_steps}",
+                                     f"align.alpha={alpha}",
                                      f"log.save_every={s.train_steps}", "log.eval_every=0"])
         if cfg.aligned and cfg.teacher.mode == "cache":
             summary["artifacts"]["teacher_cache"] = str(build_cache(cfg.data.root, cfg.teacher,
@@ -165,7 +171,7 @@ def _evaluate(out: Path, s: LoopSettings, runs: dict[str, Path], summary: dict) 
     from .eval.sim import evaluate_checkpoints, write_results
 
     keys = [k for k in ("baseline", "sf") if k in runs]
-    labels = {"baseline": f"π0 baseline ({s.preset}, α=0)", "sf": f"SF ({s.preset}, α=0.5)"}
+    labels = {"baseline": f"π0 baseline ({s.size}, α=0)", "sf": f"SF ({s.size}, α=0.5)"}
     results = evaluate_checkpoints([runs[k] for k in keys], s.task, s.eval_episodes, s.eval_seed, out=out / "eval",
                                    labels=[labels[k] for k in keys], latency_ticks=s.latency_ticks)
     seen_seeds = summary["record"].get("extra_demos", {}).get("seeds", [])[:s.seen_episodes]

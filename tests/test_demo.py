@@ -62,8 +62,8 @@ def test_sf_demo_walks_the_whole_loop(tmp_path):
     # eval: both checkpoints, the expert and the oracle on the same unseen scene, then the
     # baseline on a scene it was trained on, in one table
     labels = [r["label"] for r in summary["eval"]]
-    assert labels == ["π0 baseline (small, α=0)", "SF (small, α=0.5)", "scripted expert (direct)",
-                      "expert plan via runtime (oracle)", "π0 baseline (small, α=0) on its training scenes"]
+    assert labels == ["π0 baseline (micro, α=0)", "SF (micro, α=0.5)", "scripted expert (direct)",
+                      "expert plan via runtime (oracle)", "π0 baseline (micro, α=0) on its training scenes"]
     assert summary["eval"][2]["successes"] == summary["eval"][3]["successes"] == 1
     assert summary["eval"][4]["seeds"][0] == summary["record"]["extra_demos"]["seeds"][0]
     assert set(summary["headline"]) == set(labels)
@@ -87,6 +87,10 @@ def test_sf_demo_until_record_stops_after_the_dataset(tmp_path):
     assert "episodes 1" in result.stdout  # the dataset summary is printed
     bad = subprocess.run([str(sf), "demo", "--until", "deploy"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "until must be one of record, train, eval, replay" in bad.stderr
+    bad = subprocess.run([str(sf), "demo", "--size", "huge", "--out", str(tmp_path / "never")], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "size must be one of" in bad.stderr and "micro" in bad.stderr
+    assert not (tmp_path / "never").exists()  # refused before anything was recorded
 
 
 def test_sf_config_check_names_the_bad_field(tmp_path):
