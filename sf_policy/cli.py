@@ -84,8 +84,8 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), help="Where every artifact, report and log goes."),
     task: str = typer.Option(LoopSettings.task, help="Twin task: grasp_vegetable, lift_pot, place_block, stack_cups."),
-    episodes: int = typer.Option(LoopSettings.episodes, help="Demonstrations the scripted operator records through ROS (seeds seed, "
-                                          "seed+1, ...)."),
+    episodes: int = typer.Option(LoopSettings.episodes, help="Demonstrations the scripted operator records "
+                                 "through ROS (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="First recorded episode's seed."),
     extra_demos: int = typer.Option(LoopSettings.extra_demos, help="More demonstrations recorded in-process into "
                                     "the same dataset (seeds from 100) before training."),
