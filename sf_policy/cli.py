@@ -124,8 +124,8 @@ def demo(
         report = demo_mod.run_twin(out, task, episodes, seed, measure_s, verbose, echo=console.print)
     else:
         _demo_loop(out, verbose, task=task, episodes=episodes, seed=seed, extra_demos=extra_demos, until=until,
-                   preset=preset, size=size, train_steps=train_steps, sf=sf, eval_episodes=eval_episodes, eval_seed=eval_seed,
-                   seen_episodes=seen_episodes, bags=bags)
+                   preset=preset, size=size, train_steps=train_steps, sf=sf, eval_episodes=eval_episodes,
+                   eval_seed=eval_seed, seen_episodes=seen_episodes, bags=bags)
         return
     _print_report(report)
     console.print(f"report: {out / 'report.json'}   logs: {out / 'launch.log'}")
