@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +58,7 @@ def main() -> int:
             lift[v.name] = max(lift[v.name], float(twin.body_pos(v.name)[2] - TABLE_TOP_Z - v.rest_z))
             touched[v.name] += bool(touching(twin, v.name, fingers("right")))
 
-    twin.step = step_and_look
+    twin.step = step_and_look  # run_episode drives the twin unchanged; this only looks after each step
     torch.manual_seed(args.seed)  # as evaluate_checkpoints: the same noise, so the same episodes
     episodes = []
     for seed in range(args.seed, args.seed + args.episodes):
@@ -72,9 +73,7 @@ def main() -> int:
         print(f"seed {seed}: {episodes[-1]['verdict']} (target {target}, touched "
               f"{', '.join(episodes[-1]['ticks_touching']) or 'nothing'}, lifted {lift[target] * 100:.1f} cm)",
               flush=True)
-    counts: dict[str, int] = {}
-    for e in episodes:
-        counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
+    counts = dict(Counter(e["verdict"] for e in episodes))
     path = write_results("grasp_outcomes", {"checkpoint": str(args.checkpoint), "counts": counts,
                                             "episodes": episodes}, args.results_dir)
     print(f"{counts}\nresults: {path}")

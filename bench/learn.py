@@ -5,7 +5,8 @@ scratch with the CPU recipe (the ``small`` preset at the ``micro`` size, α = 0)
 closed loop through the deployed runtime (chunk scheduler + safety filter, 100 ms simulated
 inference) on scenes no demonstration showed (seeds from 5000): success with its Wilson
 interval, the share of ticks the safety filter limited, and the scripted expert and its plan
-through the runtime (the oracle) on the same scenes. Success at intermediate checkpoints gives the curve.
+through the runtime (the oracle) on the same scenes. Success at intermediate checkpoints
+gives the curve.
 
 ``--quick`` is the consistency check instead: a few demonstrations, trained until they fit,
 evaluated closed loop on the very scenes they were recorded in (the twin is deterministic
