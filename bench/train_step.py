@@ -333,7 +333,8 @@ def _build_cache(root: str, preset: str, overrides: list[str], device: str) -> d
 
     cfg = load_config(preset, overrides)
     t0 = time.perf_counter()
-    cache = build_cache(root, cfg.teacher, device=device, progress=False, grid=vla_grid(cfg.policy))
+    cache = build_cache(root, cfg.teacher, device=device, progress=False, grid=vla_grid(cfg.policy),
+                        dim=cfg.align.teacher_dim)
     return {"seconds": time.perf_counter() - t0, "frames": int(cache.num_frames), "dim": int(cache.dim),
             "storage": cache.storage, "bytes": int(cache.layout.nbytes())}
 

@@ -68,7 +68,8 @@ def _ensure_cache(cfg, device: str = "auto") -> Path:
 
     if not cfg.data.root:
         raise typer.BadParameter("set data.root=<dataset directory>")
-    return build_cache(cfg.data.root, cfg.teacher, device=device, grid=vla_grid(cfg.policy)).path
+    return build_cache(cfg.data.root, cfg.teacher, device=device, grid=vla_grid(cfg.policy),
+                       dim=cfg.align.teacher_dim).path
 
 
 def main() -> None:  # `accelerate launch -m sf_policy.cli_train ...`

@@ -148,8 +148,8 @@ def _train(out: Path, s: LoopSettings, dataset: Path, summary: dict) -> dict[str
                                      f"align.alpha={alpha}",
                                      f"log.save_every={s.train_steps}", "log.eval_every=0"])
         if cfg.aligned and cfg.teacher.mode == "cache":
-            summary["artifacts"]["teacher_cache"] = str(build_cache(cfg.data.root, cfg.teacher,
-                                                                    grid=vla_grid(cfg.policy)).path)
+            cache = build_cache(cfg.data.root, cfg.teacher, grid=vla_grid(cfg.policy), dim=cfg.align.teacher_dim)
+            summary["artifacts"]["teacher_cache"] = str(cache.path)
         shutil.rmtree(out / "train" / name, ignore_errors=True)  # this loop's own run from before: retrained
         runs[key] = train(cfg, progress=True)
         summary["artifacts"][f"checkpoint_{key}"] = str(runs[key])

@@ -61,24 +61,24 @@ def test_the_check_catches_a_broken_chain(fitted):
 def test_a_rerun_reuses_the_trained_policy_and_its_evaluation_only_when_they_match(tmp_path):
     """bench/learn.py --report after a finished run re-evaluates nothing it already has; a
     changed config retrains and a changed evaluation re-evaluates."""
-    from sf_policy.eval.learn import TRAIN_TIME_FILE, LearnResult, _finished, _previous_result, _train_minutes
+    from sf_policy.eval.learn import TRAIN_TIME_FILE, LearnResult, finished_run, _previous_result, train_minutes
     from sf_policy.train.checkpoint import TRAIN_CONFIG_FILE, step_dir
     from sf_policy.train.config import load_config
 
     run = tmp_path / "train" / "run"
     cfg = load_config("small", [f"data.root={tmp_path / 'dataset'}", "optim.steps=30"])
-    assert not _finished(run, cfg)  # nothing trained yet
+    assert not finished_run(run, cfg)  # nothing trained yet
     (step_dir(run, 30) / "policy").mkdir(parents=True)
     (run / TRAIN_CONFIG_FILE).write_text(cfg.to_yaml())
     cfg.log.every = 7  # logging is not the recipe
-    assert _finished(run, cfg)
+    assert finished_run(run, cfg)
     cfg.optim.lr *= 2
-    assert not _finished(run, cfg)
+    assert not finished_run(run, cfg)
 
     (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "step_s": 0.2}) for s in (10, 20, 30)))
-    assert _train_minutes(run) == pytest.approx(30 * 0.2 / 60)  # older runs: from the logged step times
+    assert train_minutes(run) == pytest.approx(30 * 0.2 / 60)  # older runs: from the logged step times
     (run / TRAIN_TIME_FILE).write_text(json.dumps({"train_minutes": 1.5}))
-    assert _train_minutes(run) == 1.5
+    assert train_minutes(run) == 1.5
 
     settings = LearnSettings(steps=30, eval_episodes=2, checkpoint_every=10)
     final = step_dir(run, 30)

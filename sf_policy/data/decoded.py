@@ -81,7 +81,7 @@ def _decode(reader: DatasetReader, paths: dict[str, Path], progress: bool, log) 
         size_gb = total * height * width * 3 / 1e9
         log(f"decoding {role} of {reader.root} once for training: {total} frames, {size_gb:.1f} GB -> {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two trainings may decode the same dataset at once
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, height, width, 3))
         row = 0
         with tqdm(total=total, desc=f"decode {role}", unit="frame", disable=not progress) as bar:

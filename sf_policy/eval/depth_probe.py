@@ -8,8 +8,8 @@ whose renderer gives exact metric depth per camera:
 1. Frames: the task's scripted expert plays a few seeded episodes in ``Twin(depth=True)``;
    one frame every ``every`` ticks keeps the three cameras' RGB, their depth maps and the
    puppet state. The split is by episode (the last seeds are held out), so the probe is
-   tested on scenes it never saw. (No dataset of ours records depth today; see
-   docs/eval_depth_probe.md.)
+   tested on scenes it never saw. (Datasets keep at most a coarse depth for the geometry
+   teacher, ``record_expert(geometry=True)``: the probe renders its own at full size.)
 2. Targets: each depth map goes through the VLA's own letterbox geometry
    (``align.grid.letterbox_geometry``) and is sampled, nearest neighbour, at the pixel
    centres of an ``out_size``² canvas (64² by default: 4×4 pixels per 14-px patch).

@@ -121,18 +121,18 @@ def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log
     if not s.seen:  # the two held-out demonstrations give the open-loop error beside closed-loop success
         cfg.log.eval_every = every or s.steps
     run = work / "train" / name
-    reused = _finished(run, cfg)
+    reused = finished_run(run, cfg)
     if reused:  # a rerun (another --report, an evaluation change) keeps the trained policy
-        final, train_minutes = step_dir(run, s.steps), _train_minutes(run)
-        log(f"reusing {final}: trained with this config ({train_minutes:.1f} min)")
+        final, minutes = step_dir(run, s.steps), train_minutes(run)
+        log(f"reusing {final}: trained with this config ({minutes:.1f} min)")
     else:
         if run.exists():  # trained with another config: kept beside, never mixed with the new run
             _replace(run, run.with_name(run.name + ".previous"), log)
         started = time.perf_counter()
         log(f"training {s.preset} for {s.steps} steps on {s.demos} demonstrations")
         final = train(cfg, progress=progress)
-        train_minutes = (time.perf_counter() - started) / 60
-        (run / TRAIN_TIME_FILE).write_text(json.dumps({"train_minutes": train_minutes}))
+        minutes = (time.perf_counter() - started) / 60
+        (run / TRAIN_TIME_FILE).write_text(json.dumps({"train_minutes": minutes}))
     intermediate = list(range(every, s.steps, every)) if every else []
 
     eval_seed = seeds[0] if s.seen else s.eval_seed
@@ -164,7 +164,7 @@ def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log
     summary = policy.summary()
     result = LearnResult(
         task=s.task, mode="seen" if s.seen else "held-out", demos=len(seeds), demo_seeds=list(seeds), steps=s.steps,
-        train_minutes=round(train_minutes, 2), record_minutes=round(record_minutes, 2),
+        train_minutes=round(minutes, 2), record_minutes=round(record_minutes, 2),
         eval_seeds=[e.seed for e in policy.episodes], success=policy.success_rate, successes=policy.successes,
         episodes=len(policy.episodes), ci95=[round(v, 4) for v in policy.interval],
         limited_fraction=round(summary["limited_fraction"], 4), limits=summary["limits"],
@@ -221,7 +221,7 @@ def _previous_result(work: Path, final: Path, s: LearnSettings, eval_seeds: list
     return LearnResult(**old) if same else None
 
 
-def _finished(run: Path, cfg) -> bool:
+def finished_run(run: Path, cfg) -> bool:
     """``run`` already holds the final checkpoint of this very config (logging aside)."""
     import yaml
 
@@ -245,7 +245,7 @@ def _replace(run: Path, aside: Path, log: Callable) -> None:
     log(f"{run} was trained with another config: moved to {aside}")
 
 
-def _train_minutes(run: Path) -> float:
+def train_minutes(run: Path) -> float:
     """Wall-clock training time of a finished run; for runs from before it was written down,
     the mean logged step time times the steps (checkpointing not counted)."""
     timing = run / TRAIN_TIME_FILE

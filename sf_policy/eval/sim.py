@@ -460,7 +460,11 @@ def paired(a: SimEvalResult, b: SimEvalResult) -> dict[str, int | float]:
     """Outcomes of two checkpoints on the same seeds: scenes only one solved decide between
     them. ``p_value``: exact two-sided McNemar (binomial) test on those discordant scenes."""
     b_by_seed = {e.seed: e.success for e in b.episodes}
-    pairs = [(e.success, b_by_seed[e.seed]) for e in a.episodes if e.seed in b_by_seed]
+    return mcnemar([(e.success, b_by_seed[e.seed]) for e in a.episodes if e.seed in b_by_seed])
+
+
+def mcnemar(pairs: Sequence[tuple[bool, bool]]) -> dict[str, int | float]:
+    """Paired outcomes (a, b) per scene → counts and the exact two-sided McNemar p-value."""
     only_a = sum(x and not y for x, y in pairs)
     only_b = sum(y and not x for x, y in pairs)
     n = only_a + only_b

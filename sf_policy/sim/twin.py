@@ -41,6 +41,15 @@ class Observation:
     time: float = 0.0
 
 
+@dataclass
+class CameraDepth:
+    """One camera's depth image and where the camera was (what the geometry teacher needs)."""
+
+    depth: np.ndarray  # [h, w] float32 metres along the optical axis
+    pose: np.ndarray  # [4, 4] camera-to-world; MuJoCo's camera frame: x right, y up, looking along -z
+    focal: float  # pixels of this depth image (square pixels, principal point at the centre)
+
+
 class Twin:
     def __init__(self, task: Any, width: int = 224, height: int = 224, cameras: tuple[str, ...] = CAMERA_ROLES,
                  depth: bool = False):
@@ -53,6 +62,7 @@ class Twin:
         self.data = mujoco.MjData(self.model)
         self._mj = mujoco
         self._renderer = None
+        self._depth_renderers: dict[tuple[int, int], Any] = {}  # (height, width) -> depth-only renderer
         self._joint_qpos = {f"{s}_{j}": self.model.jnt_qposadr[self.model.joint(f"{s}_{j}").id]
                             for s in SIDES for j in ARM_JOINTS + ("finger_a", "finger_b")}
         self._joint_dof = {k: self.model.jnt_dofadr[self.model.joint(k).id] for k in self._joint_qpos}
@@ -168,6 +178,28 @@ class Twin:
         f = (self.height / 2) / np.tan(np.radians(fovy) / 2)
         return Intrinsics(self.width, self.height, f, f, self.width / 2, self.height / 2)
 
+    def camera_depths(self, height: int, width: int) -> dict[str, CameraDepth]:
+        """Each camera's metric depth at a reduced height×width (same field of view) and its pose now.
+
+        A separate small renderer, so the full-size RGB pass is untouched: at 32×32 per camera
+        it costs a fraction of the colour render (the geometry teacher needs a few samples per
+        patch, not every pixel).
+        """
+        renderer = self._depth_renderers.get((height, width))
+        if renderer is None:
+            renderer = self._depth_renderers[(height, width)] = self._mj.Renderer(self.model, height, width)
+            renderer.enable_depth_rendering()
+        out = {}
+        for role in self.cameras:
+            cam = self.model.camera(CAMERA_NAMES[role]).id
+            renderer.update_scene(self.data, camera=CAMERA_NAMES[role])
+            pose = np.eye(4)
+            pose[:3, :3] = self.data.cam_xmat[cam].reshape(3, 3)
+            pose[:3, 3] = self.data.cam_xpos[cam]
+            focal = (height / 2) / np.tan(np.radians(float(self.model.cam_fovy[cam])) / 2)
+            out[role] = CameraDepth(renderer.render().astype(np.float32), pose, float(focal))
+        return out
+
     def observe(self, images: bool = True) -> Observation:
         obs = Observation(self.puppet_state(), time=self.time)
         if images:
@@ -197,6 +229,9 @@ class Twin:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+        for renderer in self._depth_renderers.values():
+            renderer.close()
+        self._depth_renderers.clear()
 
 
 def clamp_to_limits(q14: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The frozen 3-D teacher of Spatial Forcing: VGGT's aggregator, its checkpoint, its targets."""
+"""The frozen 3-D teacher of Spatial Forcing: VGGT's aggregator, its checkpoint, its targets; and,
+for the twin only, a teacher that knows the geometry exactly (geometry.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sf_policy.teacher.checkpoint import (
     save_state_dict,
 )
 from sf_policy.teacher.features import Teacher, teacher_input_size
+from sf_policy.teacher.geometry import GeometryConfig, GeometryTeacher
 from sf_policy.teacher.vggt import Aggregator, AggregatorConfig, AggregatorOutput
 
 __all__ = [
@@ -17,6 +19,8 @@ __all__ = [
     "AggregatorConfig",
     "AggregatorOutput",
     "CheckpointMismatch",
+    "GeometryConfig",
+    "GeometryTeacher",
     "Teacher",
     "load_aggregator",
     "load_aggregator_state",

@@ -4,7 +4,8 @@ Why: the teacher (VGGT's aggregator, ~10 TFLOP for three 518-px views) costs 65-
 π0 training step, yet its targets are a fixed function of the recorded, un-augmented frames.
 `build_cache` runs it once over a dataset (batched, on the GPU, resumable) and stores the
 targets already resampled to the VLA's 16×16 patch grid; training reads them with memmap
-slicing (`TeacherCache.get`).
+slicing (`TeacherCache.get`). The twin's geometry teacher (geometry.py) is cached the same
+way; it reads the depth and poses recorded with the dataset instead of the videos.
 
 Layout of `<cache_root>/<key digest[:16]>/`:
 
@@ -50,6 +51,7 @@ from sf_policy.align.targets import PE_SCALE
 from sf_policy.data.features import DatasetError, image_key
 from sf_policy.data.reader import DatasetReader
 from sf_policy.teacher.features import TEACHER_WIDTH, Teacher
+from sf_policy.teacher.geometry import GeometryConfig, GeometryTeacher
 from sf_policy.teacher.vggt import Aggregator, AggregatorConfig
 from sf_policy.topics import CAMERA_ROLES
 
@@ -208,10 +210,14 @@ class Preprocessing:
     grid: int = VLA_GRID
     storage: str = "bf16"  # "bf16" or "fp8" (e4m3 with a float32 scale per token)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    # The twin's geometry teacher instead of an aggregator (width, layer and aggregator unused).
+    geometry: GeometryConfig | None = None
 
     def __post_init__(self) -> None:
         if self.storage not in STORAGE_DTYPES:
             raise ValueError(f"cache storage must be one of {STORAGE_DTYPES}, got {self.storage!r}")
+        if self.geometry is not None:
+            return
         depth = self.aggregator.depth
         layer = self.layer + depth if self.layer < 0 else self.layer
         if not 0 <= layer < depth:
@@ -219,7 +225,9 @@ class Preprocessing:
         object.__setattr__(self, "layer", layer)
 
     @classmethod
-    def from_teacher(cls, teacher: Teacher, storage: str = "bf16") -> Preprocessing:
+    def from_teacher(cls, teacher: Teacher | GeometryTeacher, storage: str = "bf16") -> Preprocessing:
+        if isinstance(teacher, GeometryTeacher):
+            return cls(pe_scale=teacher.pe_scale, grid=teacher.grid, storage=storage, geometry=teacher.config)
         return cls(teacher.width, teacher.layer, teacher.pe_scale, teacher.grid, storage, teacher.aggregator.config)
 
     def boxes(self, reader: DatasetReader) -> list[PatchBox | None]:
@@ -236,17 +244,19 @@ class Preprocessing:
     def describe(self, reader: DatasetReader) -> dict:
         """The key's preprocessing part: these settings plus the camera layout they imply."""
         boxes = self.boxes(reader)
+        # A VGGT key keeps exactly its old fields (existing caches stay valid); a geometry key
+        # names the encoding instead of an aggregator.
+        teacher = ({"teacher": "geometry", "geometry": self.geometry.describe()} if self.geometry is not None else
+                   {"width": self.width, "layer": self.layer, "aggregator": asdict(self.aggregator)})
         return {
             "format": FORMAT_VERSION,
-            "width": self.width,
-            "layer": self.layer,
+            **teacher,
             "pe_scale": self.pe_scale,
             "grid": self.grid,
             "letterbox": self.grid * VLA_PATCH,
             "storage": self.storage,
             "camera_roles": list(CAMERA_ROLES),
             "boxes": [None if b is None else [b.row0, b.row1, b.col0, b.col1] for b in boxes],
-            "aggregator": asdict(self.aggregator),
         }
 
 
@@ -302,11 +312,20 @@ class CacheKey:
             out.append(("teacher", f"teacher checkpoint changed: cached from {a['source'] or '?'} (sha256 "
                                    f"{a['sha256'][:12]}), now {b['source'] or '?'} (sha256 {b['sha256'][:12]})"))
         old_prep, new_prep = _flatten(old.preprocessing), _flatten(self.preprocessing)
+        kinds = [_teacher_kind(k.preprocessing) for k in (old, self)]
+        if kinds[0] != kinds[1]:  # another kind of teacher: its own settings are not "changes"
+            out.append(("preprocessing", f"teacher changed: {kinds[0]} in the cache, {kinds[1]} now"))
+            own = ("geometry.", "aggregator.", "width", "layer", "teacher")
+            old_prep, new_prep = ({k: v for k, v in d.items() if not k.startswith(own)} for d in (old_prep, new_prep))
         for name in sorted(old_prep.keys() | new_prep.keys()):
             if old_prep.get(name) != new_prep.get(name):
                 out.append(("preprocessing", f"preprocessing changed: {name} = {old_prep.get(name)!r} in the "
                                              f"cache, {new_prep.get(name)!r} now"))
         return out
+
+
+def _teacher_kind(preprocessing: dict) -> str:
+    return "the twin's geometry teacher" if "geometry" in preprocessing else "a VGGT aggregator"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -336,7 +355,8 @@ class Layout:
     def of(cls, key: CacheKey) -> Layout:
         p = key.preprocessing
         boxes = tuple(None if b is None else PatchBox(*b) for b in p["boxes"])
-        return cls(key.dataset["frames"], 2 * p["aggregator"]["embed_dim"], p["grid"], p["storage"], boxes)
+        dim = p["geometry"]["dim"] if "geometry" in p else 2 * p["aggregator"]["embed_dim"]
+        return cls(key.dataset["frames"], dim, p["grid"], p["storage"], boxes)
 
     @property
     def slot_tokens(self) -> list[int]:
@@ -615,11 +635,15 @@ def build_cache(
     return TeacherCache.open(cache_root, key)
 
 
-def _check_teacher(key: CacheKey, teacher: Teacher) -> None:
+def _check_teacher(key: CacheKey, teacher: Teacher | GeometryTeacher) -> None:
     """Refuse to write targets under a key whose preprocessing the teacher does not follow."""
-    mine = {"width": teacher.width, "layer": teacher.layer, "pe_scale": teacher.pe_scale, "grid": teacher.grid,
-            "aggregator": asdict(teacher.aggregator.config)}
-    wrong = [f"{k} = {v!r} (key: {key.preprocessing[k]!r})" for k, v in mine.items() if key.preprocessing[k] != v]
+    if isinstance(teacher, GeometryTeacher):
+        mine = {"geometry": teacher.config.describe(), "pe_scale": teacher.pe_scale, "grid": teacher.grid}
+    else:
+        mine = {"width": teacher.width, "layer": teacher.layer, "pe_scale": teacher.pe_scale, "grid": teacher.grid,
+                "aggregator": asdict(teacher.aggregator.config)}
+    wrong = [f"{k} = {v!r} (key: {key.preprocessing.get(k)!r})" for k, v in mine.items()
+             if key.preprocessing.get(k) != v]
     if wrong:
         raise ValueError("the teacher does not match the cache key: " + ", ".join(wrong))
 
@@ -823,17 +847,19 @@ def _pwrite_all(fd: int, array: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _fill(cache: TeacherCache, reader: DatasetReader, teacher: Teacher, todo: np.ndarray, batch_size: int,
-          progress: bool, on_batch: Callable[[int, int], None] | None) -> None:
+def _fill(cache: TeacherCache, reader: DatasetReader, teacher: Teacher | GeometryTeacher, todo: np.ndarray,
+          batch_size: int, progress: bool, on_batch: Callable[[int, int], None] | None) -> None:
     layout = cache.layout
     boxes = list(layout.boxes)
     total, done = layout.num_frames, int((~todo).sum())
     writer = _RowWriter(cache.path, layout)
     bar = tqdm(total=total, initial=done, unit="frame", desc="teacher cache", disable=not progress, smoothing=0.1)
-    batches = _prefetch(frame_batches(reader, todo, batch_size))
+    # VGGT reads the decoded camera frames; the geometry teacher the recorded depth and poses.
+    inputs = teacher.input_batches if isinstance(teacher, GeometryTeacher) else frame_batches
+    batches = _prefetch(inputs(reader, todo, batch_size))
     try:
-        for indices, images in batches:
-            targets, _ = teacher.targets(images, boxes)
+        for indices, batch in batches:
+            targets, _ = teacher.targets(batch, boxes)
             writer.write(indices, encode(layout.compact(targets), layout.storage))
             done += len(indices)
             bar.update(len(indices))
@@ -845,13 +871,14 @@ def _fill(cache: TeacherCache, reader: DatasetReader, teacher: Teacher, todo: np
         writer.close()
 
 
-def _log_build(path: Path, teacher: Teacher, started: float, computed: int, outcome: str) -> None:
+def _log_build(path: Path, teacher: Teacher | GeometryTeacher, started: float, computed: int, outcome: str) -> None:
     """Append this session to build.json (informational: device and precision do not enter the key)."""
     log_path = path / BUILD_LOG
     sessions = _read_json(log_path)["sessions"] if log_path.exists() else []
     sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                      "seconds": round(time.time() - started, 3), "frames_computed": computed, "outcome": outcome,
-                     "device": str(teacher.device), "autocast_bf16": teacher.bf16, "torch": torch.__version__})
+                     "device": str(teacher.device), "autocast_bf16": getattr(teacher, "bf16", False),
+                     "torch": torch.__version__})
     _write_json(log_path, {"sessions": sessions})
 
 
@@ -869,10 +896,17 @@ def tiny_teacher(seed: int = 0, width: int = TINY_WIDTH, layer: int = -1,
 
 def _key_and_loader(reader: DatasetReader, checkpoint: str | os.PathLike | None, cache_root: Path, *, dtype: str,
                     layer: int, width: int | None, tiny: bool, seed: int, aggregator: AggregatorConfig | None,
-                    device: torch.device | str = "cpu", grid: int = VLA_GRID) -> tuple[CacheKey, Callable[[], Teacher]]:
+                    device: torch.device | str = "cpu", grid: int = VLA_GRID, geometry: GeometryConfig | None = None,
+                    ) -> tuple[CacheKey, Callable[[], Teacher | GeometryTeacher]]:
     """The cache key for these settings, and a function that loads the teacher (only if needed)."""
-    if tiny == (checkpoint is not None):
-        raise ValueError("give either a teacher checkpoint or tiny=True (a random tiny teacher), not both / neither")
+    if sum((tiny, checkpoint is not None, geometry is not None)) != 1:
+        raise ValueError("give exactly one teacher: a VGGT checkpoint, tiny=True (a random tiny aggregator) or "
+                         "geometry (the twin's geometry teacher)")
+    if geometry is not None:
+        teacher = GeometryTeacher(geometry, grid=grid, device=device)
+        key = CacheKey.create(reader, geometry.sha256, Preprocessing.from_teacher(teacher, dtype),
+                              "twin geometry teacher (simulation only)")
+        return key, lambda: teacher
     if tiny:
         teacher = tiny_teacher(seed, width or TINY_WIDTH, layer, device, grid)
         key = CacheKey.create(reader, state_dict_sha256(teacher.aggregator), Preprocessing.from_teacher(teacher, dtype),
@@ -901,22 +935,26 @@ def cache_teacher(
     aggregator: AggregatorConfig | None = None,
     progress: bool = True,
     grid: int = VLA_GRID,
+    geometry: GeometryConfig | None = None,
 ) -> TeacherCache:
     """`sf train cache-teacher`: build (or finish, or just find) the cache of a dataset.
 
     checkpoint: VGGT weights (`model.pt` / `model.safetensors`); or tiny=True for a random
-        tiny aggregator (seeded; width defaults to 56) to try the pipeline on a CPU.
+        tiny aggregator (seeded; width defaults to 56) to try the pipeline on a CPU; or
+        geometry: the twin's geometry teacher (a dataset recorded with depth; simulation only).
     A complete cache is returned without loading the teacher at all.
     """
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with DatasetReader(dataset_root) as reader:
         key, load = _key_and_loader(reader, checkpoint, cache_root, dtype=dtype, layer=layer, width=width, tiny=tiny,
-                                    seed=seed, aggregator=aggregator, device=device, grid=grid)
+                                    seed=seed, aggregator=aggregator, device=device, grid=grid, geometry=geometry)
         try:
             return TeacherCache.open(cache_root, key)
         except StaleCacheError as exc:
-            log.warning("%s", exc)
+            # The recorded data changed under a cache: worth a warning. Another teacher or other
+            # settings: just another cache of the same dataset, built beside it.
+            (log.warning if "dataset" in exc.parts else log.info)("%s", exc)
         except (CacheNotFoundError, IncompleteCacheError) as exc:
             log.info("%s", exc)
         return build_cache(reader, load(), cache_root, key, batch_size=batch_size, progress=progress)
@@ -934,6 +972,7 @@ def open_cache(
     seed: int = 0,
     aggregator: AggregatorConfig | None = None,
     grid: int = VLA_GRID,
+    geometry: GeometryConfig | None = None,
 ) -> TeacherCache:
     """For training: the complete cache for these settings (same arguments as `cache_teacher`).
 
@@ -943,7 +982,7 @@ def open_cache(
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     with DatasetReader(dataset_root) as reader:
         key, _ = _key_and_loader(reader, checkpoint, cache_root, dtype=dtype, layer=layer, width=width, tiny=tiny,
-                                 seed=seed, aggregator=aggregator, grid=grid)
+                                 seed=seed, aggregator=aggregator, grid=grid, geometry=geometry)
     return TeacherCache.open(cache_root, key)
 
 

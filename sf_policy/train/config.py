@@ -19,26 +19,34 @@ from ..config import ConfigError
 from ..model.policy import PolicyConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+TEACHER_KINDS = ("vggt", "random", "geometry")
 
 
 @dataclass
 class TeacherConfig:
-    """Where alignment targets come from. ``mode``: ``cache`` (precomputed once with
-    ``sf train cache-teacher``; the default) or ``online`` (VGGT runs at every step)."""
+    """Where alignment targets come from. ``kind``: ``vggt`` (the real teacher, from
+    ``checkpoint``), ``random`` (a random tiny VGGT aggregator: exercises SF, knows no 3-D) or
+    ``geometry`` (the twin's exact geometry, simulation only: sf_policy/teacher/geometry.py; its
+    width is ``align.teacher_dim``). ``mode``: ``cache`` (precomputed once with ``sf train
+    cache-teacher``; the default) or ``online`` (the teacher runs at every step; vggt and random)."""
 
+    kind: str = "vggt"
     mode: str = "cache"
     checkpoint: str | None = None  # VGGT-1B model.pt / model.safetensors
-    tiny: bool = False  # a random tiny aggregator (tests, CPU demos)
     cache_root: str | None = None  # default: <dataset>/../.sf_cache
     width: int = 518  # teacher input width (height keeps the aspect, multiple of 14)
     layer: int = -1  # aggregator layer (−1: the last of 24)
     dtype: str = "bf16"  # cache storage: bf16 | fp8
     batch_size: int = 8  # frames per teacher batch when caching
-    seed: int = 0  # the tiny teacher's random weights
+    seed: int = 0  # the random teacher's weights; the geometry teacher's frequencies
 
     def __post_init__(self) -> None:
         if self.mode not in ("cache", "online"):
             raise ValueError(f"teacher.mode must be cache or online, got {self.mode!r}")
+        if self.kind not in TEACHER_KINDS:
+            raise ValueError(f"teacher.kind must be one of {', '.join(TEACHER_KINDS)}, got {self.kind!r}")
+        if self.kind == "geometry" and self.mode == "online":
+            raise ValueError("teacher.kind geometry reads the depth recorded with the dataset: use teacher.mode cache")
 
 
 @dataclass
@@ -159,6 +167,8 @@ def _apply_override(data: dict, item: str) -> None:
 def _build(cls, data: Any, source: str, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(source, prefix or "(top)", f"expected a mapping, got {type(data).__name__}")
+    if cls is TeacherConfig and "tiny" in data:  # configs saved before teacher.kind existed
+        data = {k: v for k, v in data.items() if k != "tiny"} | ({"kind": "random"} if data["tiny"] else {})
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -117,7 +117,7 @@ class Trainer:
         grid = vla_grid(cfg.policy)
         self.capture = attach(self.policy.model, cfg.align, n_visual=len(CAMERA_ROLES) * grid * grid) \
             if self.aligner is not None else None
-        self.targets = TargetSource(cfg.teacher, self.root, self.accelerator.device, grid) \
+        self.targets = TargetSource(cfg.teacher, self.root, self.accelerator.device, grid, cfg.align.teacher_dim) \
             if self.aligner is not None else None
 
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -19,11 +19,19 @@ from ..topics import CAMERA_ROLES
 from .config import TeacherConfig
 
 
-def cache_arguments(teacher: TeacherConfig, grid: int = VLA_GRID) -> dict:
+def cache_arguments(teacher: TeacherConfig, grid: int = VLA_GRID, dim: int | None = None) -> dict:
     """The settings that make up a cache's key (sf_policy.teacher.cache.cache_teacher/open_cache);
-    ``grid``: the policy's patch grid per side (``vla_grid``)."""
-    return {"checkpoint": teacher.checkpoint, "cache_root": teacher.cache_root, "dtype": teacher.dtype,
-            "layer": teacher.layer, "tiny": teacher.tiny, "width": teacher.width, "seed": teacher.seed, "grid": grid}
+    ``grid``: the policy's patch grid per side (``vla_grid``); ``dim``: the geometry teacher's
+    width (``align.teacher_dim``; VGGT's is its own)."""
+    common = {"cache_root": teacher.cache_root, "dtype": teacher.dtype, "grid": grid}
+    if teacher.kind == "geometry":
+        from ..teacher.geometry import GeometryConfig
+
+        if dim is None:
+            raise ValueError("the geometry teacher needs its width (align.teacher_dim)")
+        return common | {"geometry": GeometryConfig(dim=dim, seed=teacher.seed)}
+    return common | {"checkpoint": teacher.checkpoint, "layer": teacher.layer, "tiny": teacher.kind == "random",
+                     "width": teacher.width, "seed": teacher.seed}
 
 
 def vla_grid(policy: PolicyConfig) -> int:
@@ -37,35 +45,36 @@ def vla_grid(policy: PolicyConfig) -> int:
 
 
 def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", progress: bool = True,
-                grid: int = VLA_GRID):
+                grid: int = VLA_GRID, dim: int | None = None):
     """Compute (or finish, or just open) the cache of ``root`` for these teacher settings."""
     from ..teacher.cache import cache_teacher
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     return cache_teacher(root, batch_size=teacher.batch_size, device=device, progress=progress,
-                         **cache_arguments(teacher, grid))
+                         **cache_arguments(teacher, grid, dim))
 
 
 class TargetSource:
     """``source(batch) -> (targets, valid)``: a cache lookup by the batch's dataset indices, or
     the teacher run on the batch's raw frames (``mode: online``)."""
 
-    def __init__(self, teacher: TeacherConfig, root: str | Path, device: torch.device, grid: int = VLA_GRID):
+    def __init__(self, teacher: TeacherConfig, root: str | Path, device: torch.device, grid: int = VLA_GRID,
+                 dim: int | None = None):
         self.mode = teacher.mode
         if self.mode == "cache":
             from ..teacher.cache import open_cache
 
-            self.cache = open_cache(root, **cache_arguments(teacher, grid))
+            self.cache = open_cache(root, **cache_arguments(teacher, grid, dim))
             return
         from ..teacher.cache import tiny_teacher
         from ..teacher.features import Teacher
 
-        if teacher.tiny:
+        if teacher.kind == "random":
             self.teacher = tiny_teacher(teacher.seed, width=teacher.width, layer=teacher.layer, device=device,
                                         grid=grid)
         else:
             if not teacher.checkpoint:
-                raise ValueError("teacher.mode online needs teacher.checkpoint (VGGT model.pt) or teacher.tiny")
+                raise ValueError("teacher.mode online needs teacher.checkpoint (VGGT model.pt) or teacher.kind random")
             self.teacher = Teacher.from_checkpoint(teacher.checkpoint, device=device, width=teacher.width,
                                                    layer=teacher.layer, grid=grid)
         reader = DatasetReader(root)
