@@ -241,18 +241,19 @@ class Preprocessing:
             boxes.append(letterbox_geometry(h, w, self.grid * VLA_PATCH, VLA_PATCH)[-1])
         return boxes
 
+    def teacher_settings(self) -> dict:
+        """What the teacher itself must follow (``_check_teacher``): a VGGT key keeps exactly its
+        old fields (existing caches stay valid); a geometry key names the encoding instead."""
+        own = ({"teacher": "geometry", "geometry": self.geometry.describe()} if self.geometry is not None else
+               {"width": self.width, "layer": self.layer, "aggregator": asdict(self.aggregator)})
+        return own | {"pe_scale": self.pe_scale, "grid": self.grid}
+
     def describe(self, reader: DatasetReader) -> dict:
         """The key's preprocessing part: these settings plus the camera layout they imply."""
         boxes = self.boxes(reader)
-        # A VGGT key keeps exactly its old fields (existing caches stay valid); a geometry key
-        # names the encoding instead of an aggregator.
-        teacher = ({"teacher": "geometry", "geometry": self.geometry.describe()} if self.geometry is not None else
-                   {"width": self.width, "layer": self.layer, "aggregator": asdict(self.aggregator)})
         return {
             "format": FORMAT_VERSION,
-            **teacher,
-            "pe_scale": self.pe_scale,
-            "grid": self.grid,
+            **self.teacher_settings(),
             "letterbox": self.grid * VLA_PATCH,
             "storage": self.storage,
             "camera_roles": list(CAMERA_ROLES),
@@ -637,11 +638,7 @@ def build_cache(
 
 def _check_teacher(key: CacheKey, teacher: Teacher | GeometryTeacher) -> None:
     """Refuse to write targets under a key whose preprocessing the teacher does not follow."""
-    if isinstance(teacher, GeometryTeacher):
-        mine = {"geometry": teacher.config.describe(), "pe_scale": teacher.pe_scale, "grid": teacher.grid}
-    else:
-        mine = {"width": teacher.width, "layer": teacher.layer, "pe_scale": teacher.pe_scale, "grid": teacher.grid,
-                "aggregator": asdict(teacher.aggregator.config)}
+    mine = Preprocessing.from_teacher(teacher).teacher_settings()
     wrong = [f"{k} = {v!r} (key: {key.preprocessing.get(k)!r})" for k, v in mine.items()
              if key.preprocessing.get(k) != v]
     if wrong:
