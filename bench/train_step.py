@@ -144,6 +144,7 @@ def _reset_peak_rss() -> bool:
 def _build_trainer(spec: dict):
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     from sf_policy.model import policy as policy_module
     from sf_policy.train.config import load_config
@@ -151,7 +152,8 @@ def _build_trainer(spec: dict):
 
     cfg = load_config(spec["preset"], spec["overrides"])
     accelerator = Accelerator(cpu=spec["device"] == "cpu", mixed_precision=cfg.optim.mixed_precision,
-                              gradient_accumulation_steps=cfg.optim.grad_accum)
+                              gradient_accumulation_steps=cfg.optim.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # as the trainer's
     if spec["full"]:
         original = policy_module.build_pi0
         policy_module.build_pi0 = random_full_build_pi0(str(accelerator.device))  # Policy.build looks it up here

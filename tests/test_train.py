@@ -307,7 +307,7 @@ def test_state_dropout_blanks_the_state_input_of_some_samples_only_in_training(t
                            "data.state_dropout=0.5", "data.workers=0"))
     batch = next(iter(trainer.loader))
     state = torch.randn(64, batch["state"].shape[1])
-    dropped = trainer._drop_state({**batch, "state": state})["state"]
+    dropped = trainer._drop_state({**batch, "state": state}, torch.rand(64))["state"]
     blank = (dropped == 0).all(dim=1)
     assert 10 < int(blank.sum()) < 54  # about half, and whole samples: kept rows are untouched
     torch.testing.assert_close(dropped[~blank], state[~blank])
@@ -322,7 +322,7 @@ def test_state_noise_perturbs_only_the_real_state_dimensions(twin_dataset, tmp_p
     trainer = Trainer(tiny(twin_dataset, tmp_path, "optim.steps=1", "align.alpha=0", "log.eval_every=0",
                            "data.state_noise=0.2", "data.workers=0"))
     state = torch.zeros(256, 32)
-    noisy = trainer._noisy_state({"state": state})["state"]
+    noisy = trainer._noisy_state({"state": state}, torch.randn(256, STATE_DIM))["state"]
     assert noisy.shape == state.shape and torch.count_nonzero(noisy[:, STATE_DIM:]) == 0
     assert abs(float(noisy[:, :STATE_DIM].std()) - 0.2) < 0.02
     with pytest.raises(ConfigError, match="data.state_noise must be >= 0"):
@@ -375,3 +375,27 @@ def test_scene_reading_probe_measures_a_policy_at_the_episodes_first_frame(twin_
     result = CliRunner().invoke(app, ["eval", "scene-reading", "-c", str(tmp_path), "--dataset",
                                       str(tmp_path / "missing")])
     assert result.exit_code == 2 and "Invalid value for --dataset" in result.output
+
+
+def test_gradient_checkpointing_trains_on_the_same_losses(twin_dataset, tmp_path):
+    """optim.gradient_checkpointing (every SigLIP, VLM and expert layer: model/checkpointing.py)
+    with SF on: the same losses, step after step, as without it."""
+    from sf_policy.model.checkpointing import checkpointable_layers, is_checkpointed
+    from sf_policy.train.loop import Trainer
+    from sf_policy.train.targets import build_cache
+
+    runs = {}
+    for on in ("false", "true"):
+        cfg = tiny(twin_dataset, tmp_path / on, "optim.steps=3", "log.eval_every=0",
+                   f"teacher.cache_root={tmp_path / 'cache'}", f"optim.gradient_checkpointing={on}")
+        build_cache(twin_dataset, cfg.teacher, progress=False)
+        trainer = Trainer(cfg, progress=False)
+        layers = checkpointable_layers(trainer.policy.model).values()
+        assert all(is_checkpointed(layer) == (on == "true") for layer in layers)
+        trainer.train(progress=False)
+        runs[on] = [r for r in metrics(tmp_path / on / "tiny") if "loss" in r]
+    assert [r["step"] for r in runs["false"]] == [r["step"] for r in runs["true"]] == [1, 2, 3]
+    assert runs["true"][0]["align"] > 0
+    for plain, checkpointed in zip(runs["false"], runs["true"]):
+        for key in ("loss", "action", "align"):
+            assert checkpointed[key] == pytest.approx(plain[key], rel=1e-6), (plain["step"], key)

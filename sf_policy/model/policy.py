@@ -461,13 +461,14 @@ class Policy(nn.Module):
             self.model = self.model.merge_and_unload()
             self.config.lora = None
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """A self-contained directory: π0 weights + config, tokenizer, normalizer.json, policy.json."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """A self-contained directory: π0 weights + config, tokenizer, normalizer.json, policy.json;
+        ``state_dict`` (π0's keys) instead of the live weights (FSDP gathers them)."""
         if is_peft(self.model):
             raise ValueError("the policy still has LoRA adapters; call merge_lora() before save_pretrained()")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.pi0.save_pretrained(path)
+        self.pi0.save_pretrained(path, state_dict=state_dict)
         self.processor.tokenizer.save_pretrained(path)
         (path / NORMALIZER_FILE).write_text(json.dumps(self.processor.normalizer.to_dict(), indent=1))
         config = self.config.to_dict() | {"checkpoint": None, "tokenizer": None, "tiny": False}

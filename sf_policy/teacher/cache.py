@@ -15,11 +15,18 @@ Layout of `<cache_root>/<key digest[:16]>/`:
     done.bin      [N] uint8: 1 once the row's data is on disk (written after the data, so a
                   kill at any moment leaves every row marked done complete)
     build.lock    held (flock) while a process builds; build.json: when and how it was built
+    build.<r>-of-<w>.lock, shards.json   a sharded build's locks and its split (see below)
+    build.book.lock   held for moments around lock changes and build.json / shards.json writes
 
 Only the valid patches are stored: each camera's letterbox `PatchBox` is fixed per dataset,
 so a frame is T = Σ box.rows·box.cols tokens (3 × 12 × 16 = 576 for 640×480 cameras instead
 of 768; 25 % less disk). `get` scatters them back onto [B, 3, 16, 16, D] with zeros outside
 the boxes and returns the validity mask, which is the same for every frame of a dataset.
+
+Several processes (one per GPU) can build one cache together: `cache_teacher(..., shard=(rank,
+world))` computes only rank's share of the missing rows (whole episodes, `shard_rows`) into the
+same files (disjoint rows) and returns None; after every rank returned (a barrier), `open_cache`
+opens the complete cache. A killed sharded build resumes like any other (sharded or not).
 
 A cache is keyed by (dataset fingerprint, teacher checkpoint hash, preprocessing); opening
 with a key for which only other caches of the same dataset exist raises `StaleCacheError`
@@ -35,10 +42,12 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,6 +71,8 @@ STORAGE_DTYPES = ("bf16", "fp8")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 META, TARGETS, SCALES, DONE = "meta.json", "targets.bin", "scales.bin", "done.bin"
 LOCK, BUILD_LOG = "build.lock", "build.json"
+BOOK_LOCK, SHARD_PLAN = "build.book.lock", "shards.json"
+SHARD_LOCK = re.compile(r"build\.(\d+)-of-(\d+)\.lock")  # one per shard: build.<rank>-of-<world>.lock
 HASH_MEMO = "checkpoint_hashes.json"  # in the cache root: (path, size, mtime_ns) -> sha256
 EDGE_BYTES = 256 * 1024  # bytes hashed at each end of a video file (see dataset_fingerprint)
 TINY_WIDTH = 56  # teacher width for the tiny random aggregator (AggregatorConfig.tiny().img_size)
@@ -600,15 +611,21 @@ def build_cache(
     dtype: str = "bf16",
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
-) -> TeacherCache:
+    shard: tuple[int, int] | None = None,
+) -> TeacherCache | None:
     """Compute every missing row of the cache for (reader, teacher) and return the complete cache.
 
     key: defaults to one with the hash of the teacher's weights in memory (`cache_teacher`
         passes the checkpoint file's hash instead, which is cheap to recompute at training).
     dtype: storage, "bf16" or "fp8" (ignored when `key` is given: the key says).
-    on_batch(done, total): called after each batch is durably on disk (progress hooks, tests).
+    on_batch(done, total): called after each batch is durably on disk (progress hooks, tests);
+        with a shard, done and total count the shard's own rows.
+    shard: (rank, world): compute only this rank's share of the missing rows (`shard_rows`;
+        settled once per build in shards.json, see `_plan`) and return None, since the other
+        ranks may still be working: once all returned, `TeacherCache.open` / `open_cache`.
     Resumable: rows already marked done are skipped, so re-running after a crash or Ctrl-C
-    finishes the job. One builder per cache at a time (a file lock says so).
+    finishes the job, sharded or not, with any world size. One builder per cache at a time, or
+    any number of shard builders of one world size (file locks say so, `_build_lock`).
     """
     if key is None:
         key = CacheKey.create(reader, state_dict_sha256(teacher.aggregator), Preprocessing.from_teacher(teacher, dtype),
@@ -619,21 +636,28 @@ def build_cache(
                          f"not {reader.root} ({reader.num_frames} frames)")
     if reader.num_frames == 0:
         raise DatasetError(f"{reader.root}: no frames to cache")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
     path = _create(Path(cache_root), key)
-    with _build_lock(path):
+    lengths = [ep.length for ep in reader.episodes]
+    with _build_lock(path, shard, lengths) as lock:
         cache = TeacherCache(path, key)
-        todo = ~cache.done_mask()
+        # Read after the plan is settled; only this process writes the rows it owns.
+        owned = np.ones(cache.num_frames, bool) if shard is None else np.repeat(lock.owners == shard[0], lengths)
+        todo = owned & ~cache.done_mask()
         started, outcome = time.time(), "complete"
         try:
             if todo.any():
-                _fill(cache, reader, teacher, todo, batch_size, progress, on_batch)
+                _fill(cache, reader, teacher, todo, owned, batch_size, progress, on_batch, shard)
         except BaseException as exc:
             outcome = f"interrupted: {type(exc).__name__}"
             raise
         finally:
-            computed = int(todo.sum()) - cache.missing()
-            _log_build(path, teacher, started, computed, outcome)
-    return TeacherCache.open(cache_root, key)
+            computed = int((todo & cache.done_mask()).sum())
+            episodes = None if shard is None else [reader.episodes[e].index
+                                                   for e in np.flatnonzero(lock.owners == shard[0])]
+            _log_build(path, teacher, started, computed, outcome, shard, episodes)
+    return None if shard is not None else TeacherCache.open(cache_root, key)
 
 
 def _check_teacher(key: CacheKey, teacher: Teacher | GeometryTeacher) -> None:
@@ -650,14 +674,24 @@ def _create(cache_root: Path, key: CacheKey) -> Path:
 
     Built under a dot-named temporary directory and renamed into place, so a directory with
     a meta.json always has all its files. Space is reserved up front (posix_fallocate): a
-    full disk fails here with a clear message instead of mid-build.
+    full disk fails here with a clear message instead of mid-build. The ranks of a sharded
+    build arrive together: one creates, the others wait for it (.<digest>.create.lock) rather
+    than each reserving the whole size (N × 66 GB at once can exceed the disk).
     """
     path = cache_root / key.short
     if (path / META).exists():
         TeacherCache(path, key)  # checks that the stored key is this one
         return path
-    layout = Layout.of(key)
     cache_root.mkdir(parents=True, exist_ok=True)
+    with _flocked(cache_root / f".{key.short}.create.lock"):
+        if (path / META).exists():  # created while this process waited
+            TeacherCache(path, key)
+            return path
+        return _create_new(cache_root, key, path)
+
+
+def _create_new(cache_root: Path, key: CacheKey, path: Path) -> Path:
+    layout = Layout.of(key)
     tmp = cache_root / f".{key.short}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -705,26 +739,190 @@ def _allocate(path: Path, size: int, layout: Layout, cache_root: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, waited for: only for locks held a moment."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 class _build_lock:
-    """flock on <cache>/build.lock for the duration of a build."""
+    """The locks of one builder of <cache>: one whole-cache builder, or shard builders of one world size.
 
-    def __init__(self, path: Path):
-        self.path = path / LOCK
+    A whole builder holds build.lock exclusively. A shard builder holds build.lock shared (shard
+    builders coexist; they and a whole builder exclude each other) plus build.<rank>-of-<world>.lock
+    exclusively (one process per shard). Each lock records its holder's pid for the error messages.
+    Locks are tried without waiting, under build.book.lock: a joining shard builder then sees
+    either no other builder or a settled plan. flock: the kernel drops a killed builder's locks.
 
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            raise CacheError(f"{self.path.parent} is being built by another process (pid {holder or '?'})") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+    A shard builder also gets `owners`, the shard plan (rank of each episode, see `_plan`).
+    """
+
+    def __init__(self, path: Path, shard: tuple[int, int] | None = None, lengths: Sequence[int] = ()):
+        self.dir, self.shard, self.lengths = path, shard, lengths
+        self.owners: np.ndarray | None = None
+        self.fds: list[int] = []
+
+    def __enter__(self) -> _build_lock:
+        with _flocked(self.dir / BOOK_LOCK):
+            try:
+                self._whole() if self.shard is None else self._join(*self.shard)
+            except BaseException:
+                self._release()
+                raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        self._release()
+
+    def _release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)  # drops the lock
+        self.fds.clear()
+
+    def _lock(self, name: str, mode: int) -> int | None:
+        """An fd of <cache>/name locked with `mode`, or None if another process holds a conflicting lock."""
+        fd = os.open(self.dir / name, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        self.fds.append(fd)
+        return fd
+
+    def _whole(self) -> None:
+        fd = self._lock(LOCK, fcntl.LOCK_EX)
+        if fd is None:
+            raise CacheError(f"{self.dir} is being built by {_holders(self.dir)}")
+        _write_pid(fd)
+
+    def _join(self, rank: int, world: int) -> None:
+        if self._lock(LOCK, fcntl.LOCK_SH) is None:  # a whole builder has it
+            raise CacheError(f"{self.dir} is being built by {_holders(self.dir)}; shard {rank} of {world} "
+                             f"cannot join it")
+        running = _running_shards(self.dir)
+        if any(w != world for _, w, _ in running):
+            raise CacheError(f"{self.dir} is being built in shards of another world size by "
+                             f"{_describe(running)}; shard {rank} of {world} cannot join them (use their "
+                             f"world size, or wait until they finish)")
+        name = f"build.{rank}-of-{world}.lock"
+        fd = self._lock(name, fcntl.LOCK_EX)
+        if fd is None:
+            holder = [pid for r, _, pid in running if r == rank]
+            raise CacheError(f"{self.dir}: shard {rank} of {world} is being built by another process "
+                             f"(pid {holder[0] if holder else '?'})")
+        _write_pid(fd)
+        self.owners = _plan(self.dir, self.lengths, world, first=not running)
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _running_shards(path: Path) -> list[tuple[int, int, str]]:
+    """(rank, world, pid) of every shard builder of <cache> alive now (its shard lock is held)."""
+    out = []
+    for lock in sorted(path.glob("build.*-of-*.lock")):
+        match = SHARD_LOCK.fullmatch(lock.name)
+        if match is None:
+            continue
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: granted only if no one builds it
+        except BlockingIOError:
+            out.append((int(match[1]), int(match[2]), _read_pid(lock)))
+        finally:
+            os.close(fd)
+    return out
+
+
+def _describe(shards: list[tuple[int, int, str]]) -> str:
+    return "other processes (" + "; ".join(f"pid {pid}, shard {r} of {w}" for r, w, pid in shards) + ")"
+
+
+def _holders(path: Path) -> str:
+    """Who holds <cache>/build.lock, for an error message: shard builders, or one whole builder."""
+    shards = _running_shards(path)
+    return _describe(shards) if shards else f"another process (pid {_read_pid(path / LOCK)})"
+
+
+# --------------------------------------------------------------------------- sharded builds
+
+
+def episode_work(lengths: Sequence[int], todo: np.ndarray) -> np.ndarray:
+    """Missing rows per episode: `todo` [N] bool summed over each episode's rows (episodes in row order)."""
+    bounds = np.cumsum([0, *lengths])
+    counts = np.concatenate([[0], np.cumsum(todo, dtype=np.int64)])
+    return counts[bounds[1:]] - counts[bounds[:-1]]
+
+
+def shard_episodes(work: Sequence[int], world: int) -> np.ndarray:
+    """The rank (0..world-1) of each episode: contiguous runs, each rank ≈ sum(work) / world frames.
+
+    Whole episodes, because a teacher build decodes each episode's videos sequentially: splitting
+    one between ranks would decode its first part twice. Episode e goes to the rank whose equal
+    share of the total holds e's midpoint, so every rank's load differs from total / world by at
+    most the largest work[e]. Episodes with nothing to do get -1 (no rank opens them).
+    """
+    work = np.asarray(work, np.int64)
+    total = int(work.sum())
+    if total == 0:
+        return np.full(len(work), -1, np.int64)
+    twice_midpoint = 2 * np.cumsum(work) - work  # < 2 * total for any episode with work
+    owners = twice_midpoint * world // (2 * total)
+    owners[work == 0] = -1
+    return owners
+
+
+def shard_rows(lengths: Sequence[int], todo: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """The rows [N] bool rank `rank` of `world` computes: the missing rows (`todo`) of its episodes.
+
+    lengths: frames per episode, in row order (sum = N). Every missing row falls in exactly one
+    rank's rows; loads are balanced within one episode (`shard_episodes`).
+    """
+    owners = shard_episodes(episode_work(lengths, todo), world)
+    return todo & np.repeat(owners == rank, lengths)
+
+
+def _plan(path: Path, lengths: Sequence[int], world: int, first: bool) -> np.ndarray:
+    """The shard plan of <cache> (shards.json): the rank of each episode, the same for every rank.
+
+    Split over the rows missing when a build's first rank joins, then kept: a rank that joins
+    late (its peers already wrote rows) must find the same split, or rows would fall between
+    shards. A later build with the same world size keeps it too: after a kill every rank resumes
+    its own episodes, and a rank that starts after its peers finished still finds its share. A
+    build with another world size (joining while no shard builder runs) splits what is missing
+    anew. Called under build.book.lock.
+    """
+    todo = ~np.fromfile(path / DONE, np.uint8).astype(bool)
+    plan_path = path / SHARD_PLAN
+    if plan_path.exists():
+        plan = _read_json(plan_path)
+        owners = np.asarray(plan["owners"], np.int64)
+        # Rows only ever become done, so a plan that covered the missing rows still covers them.
+        if (plan["world"] == world and len(owners) == len(lengths)
+                and not (todo & np.repeat(owners < 0, lengths)).any()):
+            return owners
+    if not first:  # peers are building after a plan this one cannot see: never guess
+        raise CacheError(f"{path}: shard builders are running but {plan_path} does not cover the missing rows "
+                         f"for a world of {world}; stop them and run again")
+    owners = shard_episodes(episode_work(lengths, todo), world)
+    _write_json(plan_path, {"world": world, "owners": owners.tolist(), "missing": int(todo.sum()),
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return owners
 
 
 def _camera_size(reader: DatasetReader) -> tuple[int, int]:
@@ -845,12 +1043,15 @@ def _pwrite_all(fd: int, array: np.ndarray, offset: int) -> None:
 
 
 def _fill(cache: TeacherCache, reader: DatasetReader, teacher: Teacher | GeometryTeacher, todo: np.ndarray,
-          batch_size: int, progress: bool, on_batch: Callable[[int, int], None] | None) -> None:
+          owned: np.ndarray, batch_size: int, progress: bool, on_batch: Callable[[int, int], None] | None,
+          shard: tuple[int, int] | None = None) -> None:
+    """Compute the rows in `todo`; progress counts the rows this builder `owned` (all, or its shard's)."""
     layout = cache.layout
     boxes = list(layout.boxes)
-    total, done = layout.num_frames, int((~todo).sum())
+    total, done = int(owned.sum()), int((owned & ~todo).sum())
     writer = _RowWriter(cache.path, layout)
-    bar = tqdm(total=total, initial=done, unit="frame", desc="teacher cache", disable=not progress, smoothing=0.1)
+    desc = "teacher cache" if shard is None else f"teacher cache {shard[0]}/{shard[1]}"
+    bar = tqdm(total=total, initial=done, unit="frame", desc=desc, disable=not progress, smoothing=0.1)
     # VGGT reads the decoded camera frames; the geometry teacher the recorded depth and poses.
     inputs = teacher.input_batches if isinstance(teacher, GeometryTeacher) else frame_batches
     batches = _prefetch(inputs(reader, todo, batch_size))
@@ -868,15 +1069,23 @@ def _fill(cache: TeacherCache, reader: DatasetReader, teacher: Teacher | Geometr
         writer.close()
 
 
-def _log_build(path: Path, teacher: Teacher | GeometryTeacher, started: float, computed: int, outcome: str) -> None:
-    """Append this session to build.json (informational: device and precision do not enter the key)."""
+def _log_build(path: Path, teacher: Teacher | GeometryTeacher, started: float, computed: int, outcome: str,
+               shard: tuple[int, int] | None = None, episodes: list[int] | None = None) -> None:
+    """Append this session to build.json (informational: device and precision do not enter the key).
+
+    A shard's session names its rank, world size and episodes (its outcome is its shard's). The
+    read-modify-write runs under build.book.lock: the ranks of a sharded build finish together.
+    """
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+               "seconds": round(time.time() - started, 3), "frames_computed": computed, "outcome": outcome,
+               "pid": os.getpid(), "device": str(teacher.device), "autocast_bf16": getattr(teacher, "bf16", False),
+               "torch": torch.__version__}
+    if shard is not None:
+        session["shard"] = {"rank": shard[0], "world": shard[1], "episodes": episodes}
     log_path = path / BUILD_LOG
-    sessions = _read_json(log_path)["sessions"] if log_path.exists() else []
-    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                     "seconds": round(time.time() - started, 3), "frames_computed": computed, "outcome": outcome,
-                     "device": str(teacher.device), "autocast_bf16": getattr(teacher, "bf16", False),
-                     "torch": torch.__version__})
-    _write_json(log_path, {"sessions": sessions})
+    with _flocked(path / BOOK_LOCK):
+        sessions = _read_json(log_path)["sessions"] if log_path.exists() else []
+        _write_json(log_path, {"sessions": [*sessions, session]})
 
 
 # --------------------------------------------------------------------------- entry points (CLI, training)
@@ -933,13 +1142,21 @@ def cache_teacher(
     progress: bool = True,
     grid: int = VLA_GRID,
     geometry: GeometryConfig | None = None,
-) -> TeacherCache:
+    shard: tuple[int, int] | None = None,
+) -> TeacherCache | None:
     """`sf train cache-teacher`: build (or finish, or just find) the cache of a dataset.
 
     checkpoint: VGGT weights (`model.pt` / `model.safetensors`); or tiny=True for a random
         tiny aggregator (seeded; width defaults to 56) to try the pipeline on a CPU; or
         geometry: the twin's geometry teacher (a dataset recorded with depth; simulation only).
     A complete cache is returned without loading the teacher at all.
+
+    shard: (rank, world) for one of `world` processes building the cache together (e.g. one
+        per GPU, all with the same arguments): computes only this rank's share of the missing
+        rows and returns None, always (also when the cache was complete already): the other
+        ranks may still be writing. After every rank has returned (a barrier), each opens the
+        cache with `open_cache(...)` (same arguments, no shard), which raises
+        IncompleteCacheError if a rank failed; re-running then finishes the missing rows.
     """
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -947,14 +1164,15 @@ def cache_teacher(
         key, load = _key_and_loader(reader, checkpoint, cache_root, dtype=dtype, layer=layer, width=width, tiny=tiny,
                                     seed=seed, aggregator=aggregator, device=device, grid=grid, geometry=geometry)
         try:
-            return TeacherCache.open(cache_root, key)
+            cache = TeacherCache.open(cache_root, key)
+            return cache if shard is None else None
         except StaleCacheError as exc:
             # The recorded data changed under a cache: worth a warning. Another teacher or other
             # settings: just another cache of the same dataset, built beside it.
             (log.warning if "dataset" in exc.parts else log.info)("%s", exc)
         except (CacheNotFoundError, IncompleteCacheError) as exc:
             log.info("%s", exc)
-        return build_cache(reader, load(), cache_root, key, batch_size=batch_size, progress=progress)
+        return build_cache(reader, load(), cache_root, key, batch_size=batch_size, progress=progress, shard=shard)
 
 
 def open_cache(
@@ -972,6 +1190,8 @@ def open_cache(
     geometry: GeometryConfig | None = None,
 ) -> TeacherCache:
     """For training: the complete cache for these settings (same arguments as `cache_teacher`).
+
+    Also the step after a sharded build's barrier (`cache_teacher(..., shard=...)` on every rank).
 
     Computes the key without loading the teacher (the checkpoint's hash is memoised) and
     raises CacheNotFoundError / StaleCacheError / IncompleteCacheError otherwise.

@@ -12,7 +12,10 @@
     <run>/checkpoints/latest  the newest complete step, as text
 
 A checkpoint is first written to ``step_N.tmp`` and renamed when complete, so a crash never
-leaves a half-written one. ``load_policy`` reads only ``policy/``: it needs neither the
+leaves a half-written one. With several processes, every process writes its part of
+``train_state/`` into the staging directory (accelerate's ``save_state``: the weights and
+optimiser from the main process, each process's RNG state), then the main process writes the
+rest and renames it. ``load_policy`` reads only ``policy/``: it needs neither the
 teacher nor the alignment code.
 """
 
@@ -58,24 +61,36 @@ def dataset_fingerprint(root: str | Path) -> str:  # not the teacher cache's: th
     return digest.hexdigest()
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: Policy, aligner: torch.nn.Module | None, config_yaml: str,
-                    dataset: dict, ema_state: dict[str, torch.Tensor] | None = None, save_state=None,
-                    keep_last: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``run_dir``; ``save_state(path)`` writes the resume state
-    (the trainer passes accelerate's ``save_state``). Returns the checkpoint directory."""
+def staging_dir(run_dir: Path, step: int, fresh: bool = False) -> Path:
+    """Where checkpoint ``step`` is written before its rename; ``fresh``: emptied first (main process)."""
     final = step_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _export_policy(policy, ema_state, tmp / POLICY_DIR)
+    if fresh:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: Policy, aligner: torch.nn.Module | None, config_yaml: str,
+                    dataset: dict, ema_state: dict[str, torch.Tensor] | None = None, trainer: dict | None = None,
+                    keep_last: int = 2, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``run_dir`` and return its directory.
+
+    ``trainer``: the resume bookkeeping (step, process count), written with the EMA into
+    ``train_state/``, beside what accelerate's ``save_state`` already put in
+    ``staging_dir(run_dir, step)/train_state`` (no ``trainer``: a checkpoint that cannot be
+    resumed). ``weights``: the policy's whole state dict when its live parameters are shards (FSDP)."""
+    final = step_dir(run_dir, step)
+    tmp = staging_dir(run_dir, step)
+    tmp.mkdir(parents=True, exist_ok=True)
+    _export_policy(policy, ema_state, tmp / POLICY_DIR, weights)
     if aligner is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in aligner.state_dict().items()}, tmp / ALIGNER_FILE)
         (tmp / ALIGN_CONFIG_FILE).write_text(json.dumps(aligner.config.to_dict(), indent=1))
     (tmp / TRAIN_CONFIG_FILE).write_text(config_yaml)
     (tmp / DATASET_FILE).write_text(json.dumps(dataset, indent=1))
-    if save_state is not None:
-        save_state(tmp / STATE_DIR)
-        trainer = {"step": step}
+    if trainer is not None:
+        (tmp / STATE_DIR).mkdir(exist_ok=True)
         if ema_state is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, tmp / STATE_DIR / "ema.safetensors")
         (tmp / STATE_DIR / TRAINER_FILE).write_text(json.dumps(trainer))
@@ -87,8 +102,13 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, aligner: torch.nn.
     return final
 
 
-def _export_policy(policy: Policy, ema_state: dict[str, torch.Tensor] | None, path: Path) -> None:
-    """The deployable policy: EMA weights if any, LoRA folded in, training untouched."""
+def _export_policy(policy: Policy, ema_state: dict[str, torch.Tensor] | None, path: Path,
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
+    """The deployable policy: EMA weights if any, LoRA folded in, training untouched; ``weights``
+    (FSDP's gathered state dict, keys of ``Policy``) instead of the live, sharded ones."""
+    if weights is not None:  # the trainer refuses EMA and LoRA with FSDP
+        policy.save_pretrained(path, state_dict={k.removeprefix("model."): v for k, v in weights.items()})
+        return
     export = policy
     if ema_state is not None or is_peft(policy.model):
         export = copy.deepcopy(policy)  # merging or swapping weights must not touch the live model
@@ -153,10 +173,11 @@ def load_aligner_state(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return load_file(Path(checkpoint) / ALIGNER_FILE)
 
 
-def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, torch.Tensor] | None]:
+def load_trainer_state(checkpoint: Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(trainer.json: step, processes, distributed type; the EMA weights or None)."""
     state = checkpoint / STATE_DIR
     if not (state / TRAINER_FILE).is_file():
         raise FileNotFoundError(f"{checkpoint}: no {STATE_DIR}/{TRAINER_FILE}; it cannot be resumed")
-    step = json.loads((state / TRAINER_FILE).read_text())["step"]
+    trainer = json.loads((state / TRAINER_FILE).read_text())
     ema = load_file(state / "ema.safetensors") if (state / "ema.safetensors").is_file() else None
-    return int(step), ema
+    return trainer, ema

@@ -62,7 +62,7 @@ class OptimConfig:
     clip_norm: float = 1.0  # over the policy AND the projector (the official code clips the policy only)
     ema_decay: float = 0.0  # 0: no EMA
     mixed_precision: str = "bf16"  # accelerate: no | bf16 | fp16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # every SigLIP/VLM/expert layer (model/checkpointing.py)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)

@@ -165,17 +165,28 @@ class ResumableBatches(Sampler[list[int]]):
     Epoch ``e`` is the permutation drawn from ``(seed, e)``; batches run across epoch ends.
     Starting at ``start`` batches in reproduces exactly the batches an uninterrupted run
     would have drawn from there, which is what makes ``--resume`` follow the same trajectory.
+
+    ``batch_size`` is the global (micro-)batch; with ``processes`` > 1 each process yields its
+    ``rank``'s equal slice of it, so the processes partition one permutation: within an epoch
+    every sample goes to one process once, and the samples of a step are those of a
+    one-process run with the same global batch (sf_policy/train/distributed.py).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int = 0, start: int = 0):
+    def __init__(self, size: int, batch_size: int, seed: int = 0, start: int = 0, rank: int = 0,
+                 processes: int = 1):
         if size <= 0:
             raise ValueError("no training frames: is the dataset empty, or all episodes held out?")
+        if batch_size % processes or not 0 <= rank < processes:
+            raise ValueError(f"a global batch of {batch_size} does not split into {processes} equal shares "
+                             f"(rank {rank})")
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+        self.rank, self.processes = rank, processes
 
     def _epoch(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> Iterator[list[int]]:
+        """The global batches from ``start`` on, as every process sees them."""
         position = self.start * self.batch_size
         epoch, offset = divmod(position, self.size)
         order = self._epoch(epoch)
@@ -189,6 +200,11 @@ class ResumableBatches(Sampler[list[int]]):
                 batch += order[offset:offset + take].tolist()
                 offset += take
             yield batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.batch_size // self.processes
+        for batch in self.global_batches():
+            yield batch[self.rank * share:(self.rank + 1) * share]
 
     def __len__(self) -> int:  # DataLoader asks; the stream is endless, the trainer counts steps
         return 2**31

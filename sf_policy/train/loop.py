@@ -7,7 +7,9 @@ L = L_action + α·L_align. Gradients are clipped over the policy and the projec
 
 Everything that can make a run unreproducible is pinned: the batch order comes from
 ``ResumableBatches`` (seed, step), the flow-matching noise from a generator saved with the
-checkpoint, so ``--resume`` continues on the same loss trajectory.
+checkpoint, so ``--resume`` continues on the same loss trajectory. Several processes
+(``torchrun``, ``accelerate launch``) compute the same steps as one process with the same
+global batch: sf_policy/train/distributed.py says how.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..topics import CAMERA_ROLES
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import ChunkDataset, ResumableBatches, emphasise_starts, split_episodes, training_scenes
+from .distributed import check_resume, check_world, make_accelerator, own_rows, per_process_batch
 from .targets import TargetSource, vla_grid
 
 
@@ -88,7 +91,6 @@ def _frames(images: dict) -> np.ndarray:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, accelerator=None, progress: bool = True):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         if not cfg.data.root:
@@ -98,14 +100,13 @@ class Trainer:
         if resume is None:
             refuse_to_overwrite(self.run_dir)
         trackers = ["tensorboard"] + (["wandb"] if cfg.log.wandb else [])
-        per_device = cfg.optim.batch_size // cfg.optim.grad_accum
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
-            log_with=trackers, project_dir=str(self.run_dir))
-        per_device //= self.accelerator.num_processes
-        if per_device < 1:
-            raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is too small for {cfg.optim.grad_accum} "
-                             f"accumulation steps on {self.accelerator.num_processes} processes")
+        if accelerator is None:
+            accelerator = make_accelerator(cfg.optim.mixed_precision, cfg.optim.grad_accum, trackers, str(self.run_dir))
+        check_world(accelerator)
+        self.accelerator = accelerator
+        self.rank, self.processes = accelerator.process_index, accelerator.num_processes
+        per_device = per_process_batch(cfg.optim.batch_size, cfg.optim.grad_accum, self.processes)
+        self._refuse_unsharded_extras()
         set_seed(cfg.seed)
         self.root = Path(cfg.data.root)
         self.train_idx, self.heldout_idx = split_episodes(self.root, cfg.data.heldout_episodes, cfg.seed)
@@ -128,11 +129,16 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg))
         self.start_step, ema = 0, None
         if resume_from is not None:
-            self.start_step, ema = ckpt.load_trainer_state(resume_from)
+            saved, ema = ckpt.load_trainer_state(resume_from)
+            self.start_step = int(saved["step"])
+            reshard = check_resume(saved, self.processes, accelerator.distributed_type, resume_from)
+            if reshard and accelerator.is_main_process:
+                print(reshard)
         collate = Collate(self.policy.processor, keep_frames=cfg.aligned and cfg.teacher.mode == "online",
                           cache=getattr(self.targets, "cache", None))
-        batches = ResumableBatches(len(self.train_idx), per_device, cfg.seed + self.accelerator.process_index,
-                                   start=self.start_step * cfg.optim.grad_accum)
+        batches = ResumableBatches(len(self.train_idx), per_device * self.processes, cfg.seed,
+                                   start=self.start_step * cfg.optim.grad_accum, rank=self.rank,
+                                   processes=self.processes)
         self.decoded = self._decoded_frames(progress)
         loader = DataLoader(ChunkDataset(self.root, self.train_idx, self.policy.processor.config.chunk_size,
                                          self.decoded),
@@ -143,9 +149,10 @@ class Trainer:
         self.policy_ddp = prepared[0]
         self.aligner_ddp = prepared[1] if self.aligner is not None else None
         self.optim, self.scheduler = prepared[-2], prepared[-1]
-        self.loader = loader  # not prepared: ResumableBatches already shards by process and resumes
+        self.loader = loader  # not prepared: ResumableBatches already splits the global batch and resumes
         self.eval_batches = self._eval_batches(collate, per_device)
-        # Flow-matching noise and times come from this generator; its state is saved for --resume.
+        # Flow-matching noise and times come from this generator, in the same state on every process
+        # (each keeps its own rows of each draw: distributed.py); its state is saved for --resume.
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed * 7919 + 1)
         if resume_from is not None:
             self.accelerator.load_state(str(resume_from / ckpt.STATE_DIR))
@@ -153,6 +160,19 @@ class Trainer:
             self._reschedule()
         self.ema = ema if ema is not None else self._init_ema()
         self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a shard of the weights and optimiser state."""
+        return "FSDP" in str(self.accelerator.distributed_type)
+
+    def _refuse_unsharded_extras(self) -> None:
+        """What the trainer does outside the wrapped model assumes whole weights on every process."""
+        cfg = self.cfg
+        if self.sharded and (cfg.optim.ema_decay > 0 or cfg.policy.lora is not None):
+            raise ValueError("FSDP shards the weights: optim.ema_decay > 0 (a sharded EMA) and policy.lora (LoRA "
+                             "fits one GPU: docs/training.md) are not supported with it; set optim.ema_decay=0 and "
+                             "policy.lora=null, or train with DDP (sf_policy/train/configs/accelerate/ddp.yaml)")
 
     def _reschedule(self) -> None:
         """The saved optimiser carries the learning rate of the old run's schedule; a resumed run
@@ -165,6 +185,14 @@ class Trainer:
     # -- building
 
     def _build_policy(self, resume_from: Path | None) -> Policy:
+        policy = self._new_policy(resume_from)
+        if self.cfg.optim.gradient_checkpointing:  # every SigLIP, VLM and expert layer; the expert's KV cache kept
+            from ..model.checkpointing import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(policy)
+        return policy
+
+    def _new_policy(self, resume_from: Path | None) -> Policy:
         cfg = self.cfg
         if resume_from is not None:  # the weights come back with accelerate's state, the normaliser from here
             from ..model.tokenizer import load_tokenizer
@@ -177,15 +205,12 @@ class Trainer:
             from ..model.tokenizer import tiny_tokenizer
 
             cfg.policy.tokenizer = str(self.run_dir / "tiny_tokenizer")
-            tiny_tokenizer(cfg.policy.tokenizer, **_tokenizer_corpus(cfg, reader))
+            with self.accelerator.main_process_first():  # one writer; the others read what it wrote
+                if self.accelerator.is_main_process:
+                    tiny_tokenizer(cfg.policy.tokenizer, **_tokenizer_corpus(cfg, reader))
         stats = policy_stats(reader, cfg.policy.representation, cfg.policy.chunk_size)
         reader.close()
-        policy = Policy.build(cfg.policy, stats=stats)
-        if cfg.optim.gradient_checkpointing:
-            # transformers' gradient_checkpointing_enable() on the whole π0 drops the VLM's KV cache
-            # that the action expert reads (transformers 5.24): checkpoint the vision tower only.
-            policy.pi0.model.vlm.vision_tower.gradient_checkpointing_enable()
-        return policy
+        return Policy.build(cfg.policy, stats=stats)
 
     def _decoded_frames(self, progress: bool) -> DecodedFrames | None:
         """``data.frames=decoded``: the dataset's frames decoded once (the main process decodes,
@@ -206,25 +231,46 @@ class Trainer:
         return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
 
     def _eval_batches(self, collate: Collate, batch_size: int) -> list[dict]:
-        """A fixed set of held-out batches (the same every evaluation, so the curve is smooth)."""
+        """This process's rows of a fixed set of held-out global batches (the same every
+        evaluation, so the curve is smooth; the same samples whatever the process count)."""
         if len(self.heldout_idx) == 0 or self.cfg.log.eval_batches <= 0:
             return []
         dataset = ChunkDataset(self.root, self.heldout_idx, self.policy.processor.config.chunk_size, self.decoded)
         rng = np.random.default_rng(self.cfg.seed)
-        count = min(self.cfg.log.eval_batches * batch_size, len(dataset))
+        size = batch_size * self.processes
+        count = min(self.cfg.log.eval_batches * size, len(dataset) // self.processes * self.processes)
         chosen = np.sort(rng.choice(len(dataset), count, replace=False))
-        return [collate([dataset[int(k)] for k in chosen[i:i + batch_size]]) for i in range(0, count, batch_size)]
+        batches = [chosen[i:i + size] for i in range(0, count, size)]
+        return [collate([dataset[int(k)] for k in own_rows(rows, self.rank, self.processes)]) for rows in batches]
 
     # -- one step
 
+    def draws(self, size: int) -> dict[str, torch.Tensor]:
+        """One training micro-batch's random draws, this process's ``size`` rows of them.
+
+        Drawn for the whole global micro-batch from the generator every process shares, in the
+        order a one-process run draws them, then sliced (distributed.py): the processes get
+        different noise, and the run does not depend on how many there are."""
+        g, cfg, total = self.generator, self.cfg, size * self.processes
+        out = {}
+        if cfg.data.state_noise > 0:
+            out["state_noise"] = torch.randn(total, STATE_DIM, generator=g, device=g.device)
+        if cfg.data.state_dropout > 0:
+            out["keep"] = torch.rand(total, generator=g, device=g.device)
+        out["noise"] = self.policy.noise_like(total, g)
+        out["timestep"] = self.policy.sample_time(total, g)
+        return {k: own_rows(v, self.rank, self.processes) for k, v in out.items()}
+
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """L_action, and with SF L_align and L = L_action + α·L_align, for one batch."""
+        """L_action, and with SF L_align and L = L_action + α·L_align, for one training batch."""
         batch = _to(batch, self.accelerator.device)
-        if self.cfg.data.state_noise > 0 and self.policy_ddp.training:
-            batch = self._noisy_state(batch)
-        if self.cfg.data.state_dropout > 0 and self.policy_ddp.training:
-            batch = self._drop_state(batch)
-        action, _ = self.policy_ddp(batch, generator=self.generator)  # the hook captures layer k here
+        draws = self.draws(batch["state"].shape[0])
+        if "state_noise" in draws:
+            batch = self._noisy_state(batch, draws["state_noise"])
+        if "keep" in draws:
+            batch = self._drop_state(batch, draws["keep"])
+        # the hook captures layer k here
+        action, _ = self.policy_ddp(batch, noise=draws["noise"], timestep=draws["timestep"])
         out = {"action": action, "loss": action}
         if self.aligner_ddp is not None:
             result = self.aligner_ddp(self.capture.outputs, *self._targets(batch))
@@ -234,26 +280,25 @@ class Trainer:
                 out["layer_weights"] = result.layer_weights
         return out
 
-    def _noisy_state(self, batch: dict) -> dict:
+    def _noisy_state(self, batch: dict, noise: torch.Tensor) -> dict:
         """Add N(0, state_noise²) to the normalised state input (its real joints, not the padding).
 
         Every episode starts at rest in one pose, and the first ticks of a reach move the arm by
         thousandths of a radian, yet that is enough to tell where it is going: a model reads the
         target out of a 0.01-σ deviation of the state long before it learns to find the object in
         the cameras (docs/results/learn.md). Below the noise, the state says nothing; the
-        actions stay relative to the true state."""
+        actions stay relative to the true state. ``noise``: [B, 14] standard normal draws."""
         state = batch["state"]
-        noise = torch.randn(state.shape[0], STATE_DIM, generator=self.generator, device=self.generator.device)
         noise = noise.to(state.device, state.dtype) * self.cfg.data.state_noise
         return {**batch, "state": torch.cat([state[:, :STATE_DIM] + noise, state[:, STATE_DIM:]], dim=1)}
 
-    def _drop_state(self, batch: dict) -> dict:
+    def _drop_state(self, batch: dict, uniform: torch.Tensor) -> dict:
         """Blank the state input (to the dataset mean: 0 once normalised) of a random share of the
         samples. Every episode starts from the same pose, so the state alone predicts the average
         reach and a small model learns that first and the object's place late; without the state
-        it has to read the cameras. The actions stay relative to the true state."""
-        keep = torch.rand(batch["state"].shape[0], generator=self.generator, device=self.generator.device)
-        keep = (keep >= self.cfg.data.state_dropout).to(batch["state"].device)
+        it has to read the cameras. The actions stay relative to the true state. ``uniform``: [B]
+        draws in [0, 1)."""
+        keep = (uniform >= self.cfg.data.state_dropout).to(batch["state"].device)
         return {**batch, "state": batch["state"] * keep[:, None].to(batch["state"].dtype)}
 
     def _targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +323,11 @@ class Trainer:
             self.optim.zero_grad(set_to_none=True)
         self._update_ema(step)
         self.layer_weights = out.get("layer_weights")
-        return StepResult(out["loss"].item(), out["action"].item(),
-                          out["align"].item() if "align" in out else None, float(grad_norm),
+        terms = torch.stack([out[k].detach().float() for k in ("loss", "action", "align") if k in out])
+        if self.processes > 1:  # what is logged is the global batch's loss, not process 0's share
+            terms = self.accelerator.reduce(terms, reduction="mean")
+        terms = terms.tolist()
+        return StepResult(terms[0], terms[1], terms[2] if "align" in out else None, float(grad_norm),
                           self.scheduler.get_last_lr()[0])
 
     def _check_finite(self, out: dict, step: int) -> None:
@@ -308,25 +356,39 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out losses and the open-loop action error (absolute units, padded steps excluded)."""
+        """Held-out losses and the open-loop action error (absolute units, padded steps excluded).
+
+        As in training, each process takes its rows of every global eval batch, and of draws made
+        for the whole batch (seed 12345 + its number), and the means are averaged over the
+        processes: the figures do not depend on the process count. FSDP's sharded weights are
+        whole only inside the wrapped model's forward: there only the losses are evaluated."""
         if not self.eval_batches:
             return {}
+        keys = ["eval/action", "eval/align", "eval/joint_mae_rad", "eval/gripper_mae_m"]
+        totals = torch.zeros(2, len(keys), dtype=torch.float64)  # sums over batches, counts
         policy = _unwrap(self.policy_ddp)
         policy.eval()
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(12345)
-        sums: dict[str, list[float]] = {"eval/action": [], "eval/align": [], "eval/joint_mae_rad": [],
-                                        "eval/gripper_mae_m": []}
-        for batch in self.eval_batches:
+        for i, batch in enumerate(self.eval_batches):
             batch = _to(batch, self.accelerator.device)
-            action, _ = policy.loss(batch, generator=generator)
-            sums["eval/action"].append(float(action))
-            if self.aligner is not None:
-                sums["eval/align"].append(float(self.aligner(self.capture.outputs, *self._targets(batch)).loss))
-            joint, gripper = open_loop_error(policy, batch, generator)
-            sums["eval/joint_mae_rad"].append(joint)
-            sums["eval/gripper_mae_m"].append(gripper)
+            generator = torch.Generator(device=self.accelerator.device).manual_seed(12345 + i)
+            total = batch["state"].shape[0] * self.processes
+            noise, timestep, sample_noise = (own_rows(d, self.rank, self.processes) for d in (
+                policy.noise_like(total, generator), policy.sample_time(total, generator),
+                policy.noise_like(total, generator)))
+            loss = self.policy_ddp if self.sharded else policy.loss  # the wrapper's forward is the loss
+            action, _ = loss(batch, noise=noise, timestep=timestep)
+            aligner = self.aligner_ddp if self.sharded else self.aligner
+            values = [float(action), float(aligner(self.capture.outputs, *self._targets(batch)).loss)
+                      if aligner is not None else None]
+            if not self.sharded:
+                values += open_loop_error(policy, batch, sample_noise)
+            for k, value in enumerate(values):
+                if value is not None:
+                    totals[:, k] += torch.tensor([value, 1.0], dtype=torch.float64)
         policy.train()
-        return {k: float(np.mean(v)) for k, v in sums.items() if v}
+        if self.processes > 1:
+            totals = self.accelerator.reduce(totals.to(self.accelerator.device), reduction="sum").cpu()
+        return {key: float(totals[0, k] / totals[1, k]) for k, key in enumerate(keys) if totals[1, k] > 0}
 
     # -- the run
 
@@ -379,23 +441,26 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def save(self, step: int) -> Path:
+        """Checkpoint ``step``; every process takes part (see checkpoint.py), the main one writes."""
         acc = self.accelerator
         acc.wait_for_everyone()
-
-        def save_state(path: Path) -> None:
-            acc.save_state(str(path))
-            torch.save(self.generator.get_state(), path / "generator.pt")
-
+        staging = ckpt.staging_dir(self.run_dir, step, fresh=acc.is_main_process)
+        acc.wait_for_everyone()
+        acc.save_state(str(staging / ckpt.STATE_DIR))  # every process: its RNG state; the main one the rest
+        weights = acc.get_state_dict(self.policy_ddp) if self.sharded else None  # a collective
         path = ckpt.step_dir(self.run_dir, step)
         if acc.is_main_process:
+            torch.save(self.generator.get_state(), staging / ckpt.STATE_DIR / "generator.pt")  # the same everywhere
             train_frames = len(np.unique(self.train_idx))  # data.start_weight repeats some
             dataset = {"root": str(self.root.resolve()), "fingerprint": ckpt.dataset_fingerprint(self.root),
                        "frames": int(train_frames + len(self.heldout_idx)),
                        "train_frames": int(train_frames), "heldout_frames": int(len(self.heldout_idx)),
                        # the twin scenes trained on: `sf eval sim` refuses to score a policy on them
                        "train_sim_seeds": sorted(self.scenes), "train_episodes_without_seed": self.unknown_scenes}
+            trainer = {"step": step, "processes": self.processes, "distributed": str(acc.distributed_type),
+                       "global_batch": self.cfg.optim.batch_size}
             path = ckpt.save_checkpoint(self.run_dir, step, _unwrap(self.policy_ddp), self.aligner, self.cfg.to_yaml(),
-                                        dataset, self.ema, save_state, self.cfg.log.keep_last)
+                                        dataset, self.ema, trainer, self.cfg.log.keep_last, weights)
         acc.wait_for_everyone()
         return path
 
@@ -417,11 +482,12 @@ def _unwrap(module):
 
 
 @torch.no_grad()
-def open_loop_error(policy: Policy, batch: dict, generator: torch.Generator) -> tuple[float, float]:
-    """Mean absolute error of sampled chunks vs. the recorded actions: joints (rad), grippers (m)."""
+def open_loop_error(policy: Policy, batch: dict, noise: torch.Tensor) -> tuple[float, float]:
+    """Mean absolute error of sampled chunks (from ``noise``) vs. the recorded actions: joints
+    (rad), grippers (m)."""
     from ..embodiment import GRIPPER_INDICES
 
-    predicted = policy.sample(batch, generator=generator)  # [B, chunk, 14] absolute
+    predicted = policy.sample(batch, noise=noise)  # [B, chunk, 14] absolute
     truth = policy.processor.postprocess(batch["actions"][..., :STATE_DIM].to(predicted.device),
                                          batch["raw_state"].to(predicted.device))
     keep = ~batch["action_pad"].to(predicted.device)

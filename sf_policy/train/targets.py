@@ -45,13 +45,26 @@ def vla_grid(policy: PolicyConfig) -> int:
 
 
 def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", progress: bool = True,
-                grid: int = VLA_GRID, dim: int | None = None):
-    """Compute (or finish, or just open) the cache of ``root`` for these teacher settings."""
+                grid: int = VLA_GRID, dim: int | None = None, shard: tuple[int, int] | None = None):
+    """Compute (or finish, or just open) the cache of ``root`` for these teacher settings.
+
+    ``shard=(rank, world)``: one of ``world`` processes building it together; computes only this
+    rank's share and returns None. Once every rank has returned (a barrier), open the cache with
+    ``open_cache`` (same settings) on each rank.
+    """
     from ..teacher.cache import cache_teacher
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return cache_teacher(root, batch_size=teacher.batch_size, device=device, progress=progress,
+    return cache_teacher(root, batch_size=teacher.batch_size, device=device, progress=progress, shard=shard,
                          **cache_arguments(teacher, grid, dim))
+
+
+def open_cache(root: str | Path, teacher: TeacherConfig, grid: int = VLA_GRID, dim: int | None = None):
+    """The complete cache of ``root`` for these teacher settings, without loading the teacher
+    (after a sharded ``build_cache``'s barrier); IncompleteCacheError if some rank's rows are missing."""
+    from ..teacher.cache import open_cache
+
+    return open_cache(root, **cache_arguments(teacher, grid, dim))
 
 
 class TargetSource:
