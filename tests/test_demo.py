@@ -76,6 +76,7 @@ def test_sf_demo_walks_the_whole_loop(tmp_path):
     assert "replay_report" in result.stdout and "loop.json" in result.stdout
 
 
+@pytest.mark.slow  # 13 s: in the slow tier to keep the default one under its 5 minutes
 def test_sf_demo_until_record_stops_after_the_dataset(tmp_path):
     sf = Path(sys.executable).parent / "sf"
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "COLUMNS": "300"}

@@ -37,7 +37,9 @@ def test_sources_compile(version, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name, extra", [("arm_driver", []), ("camera_driver", ["--width", "160", "--height", "120"]),
+@pytest.mark.parametrize("name, extra", [("arm_driver", []),
+                                         pytest.param("camera_driver", ["--width", "160", "--height", "120"],
+                                                      marks=pytest.mark.slow),  # 13 s
                                          ("sim", ["--seeds", "0"]), ("control", []), ("record", []),
                                          ("inference", ["--repeats", "2", "--warmup", "1", "--steps", "2"])])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):

@@ -426,6 +426,9 @@ class Trainer:
         if last is not None and cfg.log.eval_every and last % cfg.log.eval_every:
             self._log({"step": last, **self.evaluate()}, last)
         final = self.save(cfg.optim.steps)
+        for tracker in acc.trackers:  # the main process's; end_training closes them again, harmlessly
+            tracker.finish()
+        acc.wait_for_everyone()  # then all tear down together: gloo aborts a process whose peer is still busy
         acc.end_training()
         return final
 
