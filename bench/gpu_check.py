@@ -41,6 +41,16 @@ def training(figures: dict | None) -> dict | None:
     return out
 
 
+def exits(directory: Path) -> dict[str, int]:
+    """Each part's exit status, from the "== part: exit N" lines gpu_check.sh logs (124: time limit)."""
+    try:
+        lines = (directory / "log.txt").read_text().splitlines()
+    except OSError:
+        return {}
+    return {line[3:].split(":")[0]: int(line.rsplit(" ", 1)[1]) for line in lines
+            if line.startswith("== ") and ": exit " in line}
+
+
 def summarise(directory: Path) -> dict:
     inference = _load(directory / "inference" / "inference.json")
     full = training(_load(directory / "full" / "train_step.json"))
@@ -60,7 +70,8 @@ def summarise(directory: Path) -> dict:
                     "met": None if measured[name] is None or not judged else
                     (measured[name] >= goal if name == "samples_per_s" else measured[name] <= goal)}
              for name, goal in GOALS.items()}
-    return {"goals": goals, "judged": judged, "inference": chunk, "full_fine_tuning": full, "lora": lora,
+    return {"goals": goals, "judged": judged, "exits": exits(directory), "inference": chunk,
+            "full_fine_tuning": full, "lora": lora,
             "missing": [f"{directory / name}: no result (see log.txt)" for name in missing]}
 
 
@@ -72,6 +83,7 @@ def main(argv: list[str]) -> int:
         verdict = {True: "met", False: "NOT met", None: "not measured" if result["judged"] else
                    "not judged (tiny preset: the plumbing only)"}[goal["met"]]
         print(f"{name}: {goal['measured']} (goal {goal['goal']}): {verdict}")
+    print("parts:", ", ".join(f"{name} {'ok' if code == 0 else f'exit {code}'}" for name, code in result["exits"].items()))
     for line in result["missing"]:
         print(f"missing: {line}")
     print(f"written: {directory / 'gpu.json'}")

@@ -15,7 +15,10 @@
 #   2. bench/train_step.py --preset full, full fine-tuning: baseline, SF with the cache, SF
 #      online;                              goals sf_cache ≤ 1.05 × baseline, ≥ 20 samples/s
 #   3. the same with LoRA (rank 16);
-#   4. bench/gpu_check.py: $OUT/gpu.json, the figures against the goals; commit it as
+#   4. the trainer's FSDP path through accelerate, which the CPU cannot take (accelerate enables
+#      FSDP on accelerator devices only): the tiny preset with configs/accelerate/fsdp.yaml on
+#      one GPU, 4 steps with a checkpoint at 2, resumed from it, the final policy loaded;
+#   5. bench/gpu_check.py: $OUT/gpu.json, the figures against the goals; commit it as
 #      docs/results/gpu.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,4 +76,19 @@ part full "${LIMIT[1]}" "$PY" bench/train_step.py --preset "$PRESET" "${DATASET[
   --results-dir "$OUT/full"
 part lora "${LIMIT[2]}" "$PY" bench/train_step.py --preset "$PRESET" "${DATASET[@]}" --steps 10 \
   --set "policy.lora={rank: 16}" --results-dir "$OUT/lora"
+fsdp_check() {  # train 4 steps with a checkpoint at 2, resume from it, load the final policy
+  local run=/tmp/gpu_check_fsdp config=${FSDP_CONFIG:-sf_policy/train/configs/accelerate/fsdp.yaml}
+  local train=("$PY" -m accelerate.commands.launch --config_file "$config" --num_processes 1
+               -m sf_policy.cli_train run tiny "data.root=$STAGE/dataset" "output_dir=$run"
+               "teacher.cache_root=$run/cache" optim.steps=4 log.save_every=2 log.eval_every=2 log.every=1)
+  rm -rf "$run"
+  "${train[@]}" --no-progress && "${train[@]}" --no-progress --resume "$run/tiny/checkpoints/step_000002" &&
+    "$PY" -c 'import sys; from sf_policy.train.checkpoint import load_policy
+print("policy loaded:", sum(p.numel() for p in load_policy(sys.argv[1]).parameters()), "parameters")' "$run/tiny" &&
+    tail -n 4 "$run/tiny/metrics.jsonl"
+}
+if [ "$MODE" = run ] || [ -n "${FSDP_CONFIG:-}" ]; then
+  export -f fsdp_check; export PY STAGE
+  part fsdp 150 bash -c fsdp_check
+fi
 "$PY" bench/gpu_check.py "$OUT" | tee -a "$OUT/log.txt"

@@ -12,6 +12,8 @@ Multi-GPU: ``accelerate launch -m sf_policy.cli_train run pi0_sf ...``.
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,7 +35,8 @@ def _config(config: str, overrides: list[str]):
 def config_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_baseline) or YAML file."),
                overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value ...")):
     """Print the resolved config (what a run would use), as YAML."""
-    print(_config(config, overrides or []).to_yaml(), end="")
+    with _refusals():
+        print(_config(config, overrides or []).to_yaml(), end="")
 
 
 @app.command("run")
@@ -42,19 +45,37 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
             resume: Optional[Path] = typer.Option(None, help="A run directory or checkpoint to continue."),
             progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Train; checkpoints, TensorBoard logs and metrics.jsonl go to <output_dir>/<name>/."""
-    from .train.loop import train
+    from .train.loop import Trainer
 
-    cfg = _config(config, overrides or [])
-    if cfg.aligned and cfg.teacher.mode == "cache" and resume is None:
-        _ensure_cache(cfg)
-    try:
-        final = train(cfg, resume=resume, progress=progress)
-    except FileExistsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="name") from None
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # one line for the run, not one per process
+    with _refusals():  # a mistake found before the first step is one line, not a traceback
+        cfg = _config(config, overrides or [])
+        if cfg.aligned and cfg.teacher.mode == "cache" and resume is None:
+            _ensure_cache(cfg)
+        trainer = Trainer(cfg, resume=resume, progress=progress)
+    final = trainer.train(progress=progress)
+    if _main_process():  # one line for the run, not one per process
         console.print(f"[green]done[/green]: {final}  (load it with sf_policy.train.checkpoint.load_policy)")
+
+
+@contextmanager
+def _refusals():
+    """Errors the user fixes in the config, the command or the data (they name the file, field or
+    parameter): printed once, as one line, exit 2; every process of a launch stops."""
+    from .config import ConfigError
+    from .teacher.cache import CacheError
+    from .train.distributed import LaunchError
+
+    try:
+        yield
+    except (ConfigError, CacheError, LaunchError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        if _main_process():
+            console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _main_process() -> bool:
+    """Process 0 of a launch (torchrun / accelerate set RANK), or a plain command."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command("plan")
@@ -65,7 +86,8 @@ def plan_cmd(config: str = typer.Argument(..., help="Preset (pi0_sf, pi0_baselin
     """GPU memory per setup (full fine-tuning, LoRA, FSDP-N, gradient checkpointing) and what fits."""
     from .train.plan import GPU_SIZES_GB, PUBLISHED_GB, check_fits, make_plan
 
-    cfg = _config(config, overrides or [])
+    with _refusals():
+        cfg = _config(config, overrides or [])
     plan = make_plan(cfg)
     full, lora, act = plan.params["full"], plan.params["lora"], plan.activations
     gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
@@ -108,11 +130,10 @@ def cache_teacher_cmd(config: str = typer.Argument(..., help="Preset or YAML fil
                       overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value ..."),
                       device: str = typer.Option("auto", help="cuda, cpu, or auto.")):
     """Compute the teacher's targets for every frame once (resumable; a stale cache is detected)."""
-    cfg = _config(config, overrides or [])
-    path = _ensure_cache(cfg, device)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    with _refusals():
+        cfg = _config(config, overrides or [])
+        path = _ensure_cache(cfg, device)
+    if _main_process():
         console.print(f"[green]cache ready[/green]: {path}")
 
 

@@ -21,8 +21,9 @@ import pytest
 import torch
 import yaml
 
+from sf_policy.topics import CAMERA_ROLES
 from sf_policy.train.data import ResumableBatches
-from sf_policy.train.distributed import FSDP_WRAP, check_resume, check_world, per_process_batch
+from sf_policy.train.distributed import FSDP_WRAP, LaunchError, check_resume, check_world, per_process_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_an_uneven_global_batch_is_refused_naming_the_fields_and_what_divides():
 def test_an_accelerator_that_runs_fewer_processes_than_were_launched_is_refused():
     from accelerate import Accelerator
 
-    with pytest.raises(RuntimeError, match="2 processes were launched but accelerate sees 1.*torchrun"):
+    with pytest.raises(LaunchError, match="2 processes were launched but accelerate sees 1.*torchrun"):
         check_world(Accelerator(cpu=True), launched=2)
 
 
@@ -102,13 +103,13 @@ def _overrides(root: Path, out: Path, *more: str) -> list[str]:
             "data.workers=0", *more]
 
 
-def _launch(processes: int, arguments: list[str]) -> subprocess.CompletedProcess:
+def _launch(processes: int, arguments: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node N -m sf_policy.cli_train ARGUMENTS``, as docs/training.md says."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                "-m", "sf_policy.cli_train", *arguments]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "COLUMNS": "300"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -166,9 +167,14 @@ def test_two_processes_train_the_one_process_run_save_once_and_resume(twin_datas
             assert mine[key] == pytest.approx(theirs[key], rel=1e-5), (mine["step"], key)
         assert mine["eval/joint_mae_rad"] == pytest.approx(theirs["eval/joint_mae_rad"], rel=0.05)
 
-    # The two-process checkpoint is a policy like any other.
-    policy = load_policy(final)
-    assert sum(p.numel() for p in policy.parameters()) > 0
+    # The two-process checkpoint is a policy like any other, with the one-process run's weights.
+    policy, alone = load_policy(final), load_policy(one_run / "checkpoints" / "step_000006")
+    for (name, mine), (_, theirs) in zip(policy.named_parameters(), alone.named_parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6, msg=name)
+    sample = {"images": {r: np.full((48, 64, 3), 90, np.uint8) for r in CAMERA_ROLES},
+              "state": np.zeros(14, np.float32), "prompt": "pick up the carrot with the right gripper"}
+    chunks = [p.predict([sample], generator=torch.Generator().manual_seed(0)) for p in (policy, alone)]
+    assert chunks[0].shape == (1, 50, 14) and np.abs(chunks[0] - chunks[1]).max() < 1e-4
 
     # Resumed on two processes: the uninterrupted run's steps 4-6; on one process (re-sharded): the same.
     for processes, name in ((2, "resume2"), (1, "resume1")):
@@ -178,6 +184,11 @@ def test_two_processes_train_the_one_process_run_save_once_and_resume(twin_datas
         if processes == 1:
             assert "re-sharded" in resumed.stdout
         _same_trajectory(_metrics(out / "tiny"), both, range(4, 7), rel=1e-6)
+
+    # A global batch that does not split over the processes: one line naming the fields, from one process.
+    uneven = _launch(2, ["run", "tiny", *_overrides(twin_dataset, tmp_path / "uneven"), "optim.batch_size=6"], ok=False)
+    assert uneven.stdout.count("error: optim.batch_size 6 does not divide into 2 process(es) × optim.grad_accum 2") == 1
+    assert "set optim.batch_size to 4 or 8" in uneven.stdout and "Traceback" not in uneven.stdout
 
 
 _FSDP_CHECK = r"""

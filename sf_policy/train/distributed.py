@@ -32,6 +32,10 @@ FSDP_WRAP = ("GemmaDecoderLayer", "SiglipEncoderLayer")
 WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 
+class LaunchError(RuntimeError):
+    """The processes were launched in a way that would not train the run asked for."""
+
+
 def launched_processes() -> int:
     """The number of processes the launcher started (1 when started as a plain command)."""
     for name in WORLD_SIZE_VARS:
@@ -64,7 +68,7 @@ def check_world(accelerator, launched: int | None = None) -> None:
     than were launched."""
     launched = launched_processes() if launched is None else launched
     if accelerator.num_processes != launched:
-        raise RuntimeError(f"{launched} processes were launched but accelerate sees {accelerator.num_processes} "
+        raise LaunchError(f"{launched} processes were launched but accelerate sees {accelerator.num_processes} "
                            f"({accelerator.distributed_type}): each would train alone on the whole data. Launch with "
                            "`torchrun --nproc_per_node N -m sf_policy.cli_train run ...` or `accelerate launch "
                            "--num_processes N -m sf_policy.cli_train run ...` (docs/training.md, \"Several GPUs\")")
