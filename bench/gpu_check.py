@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
         verdict = {True: "met", False: "NOT met", None: "not measured" if result["judged"] else
                    "not judged (tiny preset: the plumbing only)"}[goal["met"]]
         print(f"{name}: {goal['measured']} (goal {goal['goal']}): {verdict}")
-    print("parts:", ", ".join(f"{name} {'ok' if code == 0 else f'exit {code}'}" for name, code in result["exits"].items()))
+    parts = [f"{name} {'ok' if code == 0 else f'exit {code}'}" for name, code in result["exits"].items()]
+    print("parts:", ", ".join(parts))
     for line in result["missing"]:
         print(f"missing: {line}")
     print(f"written: {directory / 'gpu.json'}")

@@ -82,7 +82,8 @@ def _main_process() -> bool:
 def plan_cmd(config: str = typer.Argument(..., help="Preset (pi0_sf, pi0_baseline, ...) or YAML file."),
              overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value ..."),
              gpus: int = typer.Option(1, min=1, help="GPUs the run would use."),
-             gpu_memory: Optional[float] = typer.Option(None, help="GB per GPU: exit 2 naming what fits if nothing does.")):
+             gpu_memory: Optional[float] = typer.Option(None, help="GB per GPU: exit 2 naming what fits, if "
+                                                                    "nothing does.")):
     """GPU memory per setup (full fine-tuning, LoRA, FSDP-N, gradient checkpointing) and what fits."""
     from .train.plan import GPU_SIZES_GB, PUBLISHED_GB, check_fits, make_plan
 
@@ -91,10 +92,11 @@ def plan_cmd(config: str = typer.Argument(..., help="Preset (pi0_sf, pi0_baselin
     plan = make_plan(cfg)
     full, lora, act = plan.params["full"], plan.params["lora"], plan.activations
     gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
-    console.print(f"[bold]{cfg.name}[/bold]: {full['total'] / 1e9:.2f} B parameters; trainable {full['trainable'] / 1e9:.2f}"
-                  f" B in full fine-tuning (SF projector {full['projector'] / 1e6:.1f} M), {lora['trainable'] / 1e6:.0f} M "
-                  f"with LoRA. Gradients + AdamW state {gb(12 * full['trainable'])} GB, fp32 weights "
-                  f"{gb(4 * full['total'])} GB + their bf16 copy {gb(2 * full['total'])} GB")
+    console.print(f"[bold]{cfg.name}[/bold]: {full['total'] / 1e9:.2f} B parameters; trainable "
+                  f"{full['trainable'] / 1e9:.2f} B in full fine-tuning (SF projector {full['projector'] / 1e6:.1f} "
+                  f"M), {lora['trainable'] / 1e6:.0f} M with LoRA. Gradients + AdamW state "
+                  f"{gb(12 * full['trainable'])} GB, fp32 weights {gb(4 * full['total'])} GB + their bf16 copy "
+                  f"{gb(2 * full['total'])} GB")
     console.print(f"Activations per sample, counted on the meta device (bf16): {gb(act.total)} GB as eager attention "
                   f"keeps them, {gb(plan.fused_activations(False))} GB with a fused attention kernel (the GPU's), "
                   f"{gb(plan.fused_activations(True))} GB with gradient checkpointing")

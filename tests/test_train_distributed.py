@@ -176,18 +176,20 @@ def test_two_processes_train_the_one_process_run_save_once_and_resume(twin_datas
     chunks = [p.predict([sample], generator=torch.Generator().manual_seed(0)) for p in (policy, alone)]
     assert chunks[0].shape == (1, 50, 14) and np.abs(chunks[0] - chunks[1]).max() < 1e-4
 
-    # Resumed on two processes: the uninterrupted run's steps 4-6; on one process (re-sharded): the same.
-    for processes, name in ((2, "resume2"), (1, "resume1")):
+    # Resumed on two processes: the uninterrupted run's steps 4-6 (here with per-layer gradient
+    # checkpointing under DDP: the same gradients); on one process (re-sharded): the same.
+    for processes, name, more in ((2, "resume2", ["optim.gradient_checkpointing=true"]), (1, "resume1", [])):
         out = tmp_path / name
-        (out / "tiny").mkdir(parents=True)
-        resumed = _train(processes, _overrides(twin_dataset, out), resume=two_run / "checkpoints" / "step_000003")
+        resumed = _train(processes, _overrides(twin_dataset, out, *more),
+                         resume=two_run / "checkpoints" / "step_000003")
         if processes == 1:
             assert "re-sharded" in resumed.stdout
         _same_trajectory(_metrics(out / "tiny"), both, range(4, 7), rel=1e-6)
 
     # A global batch that does not split over the processes: one line naming the fields, from one process.
     uneven = _launch(2, ["run", "tiny", *_overrides(twin_dataset, tmp_path / "uneven"), "optim.batch_size=6"], ok=False)
-    assert uneven.stdout.count("error: optim.batch_size 6 does not divide into 2 process(es) × optim.grad_accum 2") == 1
+    refusal = "error: optim.batch_size 6 does not divide into 2 process(es) × optim.grad_accum 2"
+    assert uneven.stdout.count(refusal) == 1
     assert "set optim.batch_size to 4 or 8" in uneven.stdout and "Traceback" not in uneven.stdout
 
 
