@@ -5,9 +5,12 @@
   sf train run pi0_sf data.root=... policy.checkpoint=~/models/pi0_base
   sf train run pi0_sf data.root=... --resume outputs/train/pi0_sf
   sf train config pi0_sf optim.lr=1e-5                      # print the resolved config
+  sf train plan pi0_sf --gpus 8                             # GPU memory per setup, what fits
 
 A config is a preset name or a YAML file; ``section.field=value`` arguments override it.
-Multi-GPU: ``accelerate launch -m sf_policy.cli_train run pi0_sf ...``.
+Several GPUs (the same run as on one: docs/training.md, "Several GPUs"):
+``torchrun --nproc_per_node N -m sf_policy.cli_train run pi0_sf ...`` or ``accelerate launch
+--config_file sf_policy/train/configs/accelerate/ddp.yaml --num_processes N -m sf_policy.cli_train ...``.
 """
 
 from __future__ import annotations

@@ -48,9 +48,11 @@ def make_accelerator(mixed_precision: str, grad_accum: int, log_with: list[str],
     """An ``Accelerator`` for the trainer's own batch split, over every launched process.
 
     On a machine without CUDA, several launched processes train on the CPU over gloo: accelerate
-    only does so with ``cpu=True`` and otherwise runs each process as a separate one-process run
-    (the ``accelerate launch --num_processes 2`` a user believed trained on two). Refused
-    loudly instead of silently: the world size accelerate sees must be the launcher's."""
+    only does so with ``cpu=True``, and otherwise runs each launched process as a one-process run
+    of its own (seen with ``torchrun --nproc_per_node 2``: two runs of the whole data). Refused
+    loudly instead of silently: the world size accelerate sees must be the launcher's
+    (``accelerate launch --cpu --num_processes 2`` starts a single process, which nothing here
+    can tell from a plain command: docs/training.md says to use torchrun there)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
