@@ -80,6 +80,12 @@ def task_config(task: str, share: Path | None = None) -> dict[str, Any]:
 LINKS = ("hardware", "software")
 
 
+def robot_config_path(share: Path, sim: bool = False, robot_config: str | None = None) -> str:
+    """The robot YAML the drivers and the policy node read (its arms and joint limits): the
+    given one, else the package's config/robot.yaml (robot_sim.yaml for simulated CAN arms)."""
+    return robot_config or str(share / "config" / ("robot_sim.yaml" if sim else "robot.yaml"))
+
+
 def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "follow",
                  robot_config: str | None = None, camera_config: str | None = None,
                  cameras: bool = True, link: str = "hardware", master_config: str | None = None) -> list[NodeSpec]:
@@ -102,7 +108,7 @@ def driver_nodes(share: Path | None = None, *, sim: bool = False, mode: str = "f
                          "take their commands from elsewhere (a policy), and the link would fight it")
     share = share or bringup_share()
     config = share / "config"
-    robot_path = robot_config or str(config / ("robot_sim.yaml" if sim else "robot.yaml"))
+    robot_path = robot_config_path(share, sim, robot_config)
     robot = load_robot_config(robot_path)  # validate before anything starts
     sides = [side for side in SIDES if side in robot.arms]
     puppet_mode = "follow" if link == "software" else mode
@@ -230,9 +236,11 @@ def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool
 
 
 def policy_node(task: str, *, checkpoint: str | None = None, remote: str = "", dry_run: bool = False,
-                autostart: bool = True, share: Path | None = None) -> NodeSpec:
+                autostart: bool = True, robot_config: str | None = None, share: Path | None = None) -> NodeSpec:
     """The policy node for a task: config/policy.yaml (control and safety defaults), then the
-    task's prompt, checkpoint and cameras; ``checkpoint``/``remote`` override the task's."""
+    task's prompt, checkpoint and cameras; ``checkpoint``/``remote`` override the task's.
+    ``robot_config``: the robot YAML whose joint limits its safety filter clamps to (the ones the
+    drivers and the teleop link honour; none: the Piper's factory limits)."""
     share = share or bringup_share()
     config = task_config(task, share)
     checkpoint = checkpoint or config.get("checkpoint") or ""
@@ -243,15 +251,20 @@ def policy_node(task: str, *, checkpoint: str | None = None, remote: str = "", d
                               "dry_run": dry_run, "autostart": autostart}
     if config.get("cameras"):
         params["cameras"] = list(config["cameras"])
+    if robot_config:
+        params["robot_config"] = str(robot_config)
     return NodeSpec("policy_node", "policy", params, params_files=(str(share / "config" / "policy.yaml"),))
 
 
 def policy_nodes(task: str, *, sim: bool = False, checkpoint: str | None = None, remote: str = "",
                  dry_run: bool = False, seed: int = 0, robot_config: str | None = None,
                  camera_config: str | None = None, share: Path | None = None) -> list[NodeSpec]:
-    """Deployment: the drivers in follow mode (or the twin with no operator) + the policy node."""
+    """Deployment: the drivers in follow mode (or the twin with no operator) + the policy node,
+    whose safety filter clamps to the drivers' robot YAML limits (the twin's: the factory's, or
+    ``robot_config`` when given)."""
     config = task_config(task, share)
-    node = policy_node(task, checkpoint=checkpoint, remote=remote, dry_run=dry_run, share=share)
+    robot = robot_config if sim else robot_config_path(share or bringup_share(), robot_config=robot_config)
+    node = policy_node(task, checkpoint=checkpoint, remote=remote, dry_run=dry_run, robot_config=robot, share=share)
     if sim:
         graph = twin_nodes(task, operator="none", seed=seed, share=share)
     else:

@@ -122,6 +122,14 @@ def test_policy_launch_in_sim_leaves_the_arms_to_the_policy(launch_standins, tmp
     assert policy[-1]["prompt"].startswith("Lift the pot") and policy[-1]["autostart"] is True
 
 
+def test_policy_launch_on_the_robot_clamps_to_the_drivers_robot_yaml(launch_standins, tmp_path):
+    _, nodes = evaluate("policy.launch.py", task="lift_pot", checkpoint=str(tmp_path))
+    arms = [n.kwargs["parameters"][-1] for n in nodes if n.kwargs["executable"] == "piper_arm_driver"]
+    policy = nodes[-1].kwargs["parameters"][-1]
+    assert arms and {a["robot_config"] for a in arms} == {policy["robot_config"]}
+    assert policy["robot_config"].endswith("robot.yaml")
+
+
 def test_policy_launch_without_a_checkpoint_says_where_to_set_one(launch_standins):
     from sf_policy.config import ConfigError
 

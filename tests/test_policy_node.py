@@ -201,3 +201,19 @@ def test_remote_policy_server_drives_the_node(ros, command_log, tmp_path):
                                                                      f"({node.hold_reason!r})")
         node.trigger_deactivate()
     assert np.isfinite(command_log.positions()).all()
+
+
+def test_the_safety_filter_clamps_to_the_robot_yaml_limits(ros, tmp_path):
+    """robot_config:=…: the limits the drivers and the teleop link honour, not the factory's."""
+    from sf_nodes.policy_node import PolicyNode
+
+    robot = tmp_path / "robot.yaml"
+    robot.write_text("arms:\n  left: {can_port: can_left}\n  right: {can_port: can_right}\n"
+                     "limits:\n  joint1: [-0.5, 0.5]\n  gripper: [0.0, 0.05]\n")
+    node = ros.add(PolicyNode(infer=holding_chunk, context=ros.context,
+                              parameter_overrides=[Parameter("robot_config", value=str(robot))]))
+    far = np.array([2.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.07] * 2)
+    decision = node.safety.filter(far, far, 0.0, 0.0)  # from the measured state (clamped) at rest
+    assert decision.clamped and set(decision.clamped_joints) == {"left_joint1", "left_gripper", "right_joint1",
+                                                                 "right_gripper"}
+    assert decision.action[0] <= 0.5 and decision.action[6] <= 0.05

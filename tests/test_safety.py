@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sf_policy.embodiment import GRIPPER_INDICES, JOINT_NAMES, PIPER_LIMITS, STATE_DIM
 from sf_policy.runtime import ChunkScheduler, ManualClock, SafetyFilter
-from sf_policy.runtime.safety import CLOCK, ESTOP, MALFORMED, NO_COMMAND, NO_STATE, NON_FINITE, OK, STALE
+from sf_policy.runtime.safety import CLOCK, ERROR, ESTOP, MALFORMED, NO_COMMAND, NO_STATE, NON_FINITE, OK, STALE
 
 P = 1.0 / 30.0
 ARM_REST = [0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.02]
@@ -108,6 +108,70 @@ def test_a_non_finite_element_anywhere_refuses_the_whole_command(index, bad):
 def test_malformed_commands_hold(command):
     d = make().filter(command, REST, 0.0, 0.0)
     assert d.hold and d.code == MALFORMED
+
+
+# --- hostile input: nothing makes filter raise, nothing it cannot use moves the arm ----------------
+
+#: Values seen to make filter raise or pass before (issue 16), and their kin.
+NOT_A_NUMBER = [10**400, -10**400, "0.1", b"0.1", True, np.bool_(False), 1j, np.array(0.1), np.array([0.1]), [0.1],
+                object(), math.nan]
+
+
+@pytest.mark.parametrize("age", [None, *NOT_A_NUMBER], ids=repr)
+def test_an_observation_age_that_is_not_a_usable_number_holds_without_raising(age):
+    filt = make()
+    run(filt, [REST] * 2)
+    d = filt.filter(REST, REST, age, 2 * P)
+    assert d.hold and d.code in (STALE, CLOCK), d
+
+
+@pytest.mark.parametrize("now", [None, math.inf, *NOT_A_NUMBER], ids=repr)
+def test_a_time_that_is_not_a_finite_number_holds_without_raising(now):
+    filt = make()
+    run(filt, [REST] * 2)
+    d = filt.filter(REST, REST, 0.0, now)
+    assert d.hold and d.code == CLOCK, d
+
+
+@pytest.mark.parametrize("command", [
+    ["0.1"] * STATE_DIM, [True] * STATE_DIM, [1j] * STATE_DIM, [0.1] * 13 + [np.array(0.1)], np.zeros((2, 7)),
+    np.zeros((STATE_DIM, 1)), np.zeros(STATE_DIM, dtype=bool), np.zeros(STATE_DIM, dtype=complex),
+    np.array(["0.1"] * STATE_DIM), np.array([10**400] * STATE_DIM, dtype=object), {"left_joint1": 0.1}, 3.0,
+    "0.1," * STATE_DIM], ids=lambda c: f"{type(c).__name__}{getattr(c, 'shape', '')}")
+def test_anything_but_14_real_numbers_is_not_a_command(command):
+    d = make().filter(command, REST, 0.0, 0.0)
+    assert d.hold and d.code == MALFORMED, d
+
+
+def test_an_integer_too_large_for_a_float_is_a_non_finite_command():
+    command = list(REST)
+    command[3] = 10**400
+    d = make().filter(command, REST, 0.0, 0.0)
+    assert d.hold and d.code == NON_FINITE and JOINT_NAMES[3] in d.reason
+
+
+def test_an_error_inside_the_filter_holds_naming_it():
+    filt = make()
+    filt.max_speed = "fast"  # a bug of the filter's own: it must hold, not raise into the control loop
+    d = filt.filter(REST, REST, 0.0, 0.0)
+    assert d.hold and d.code == ERROR and "TypeError" in d.reason and filt.stats()[ERROR] == 1
+
+
+anything = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+                        | st.complex_numbers() | st.binary(max_size=3),
+                        lambda inner: st.lists(inner, max_size=STATE_DIM + 1) | st.tuples(inner, inner), max_leaves=20)
+command_like = st.one_of(anything, st.lists(st.one_of(st.floats(-4, 4), st.integers(-10**400, 10**400), anything),
+                                            min_size=STATE_DIM, max_size=STATE_DIM))
+
+
+@settings(max_examples=300, deadline=None)
+@given(command_like, command_like, anything, anything)
+def test_no_input_makes_the_filter_raise_and_whatever_passes_is_finite_and_in_limits(command, state, age, now):
+    filt = make()
+    d = filt.filter(command, state, age, now)
+    if d.action is not None:
+        assert d.action.shape == (STATE_DIM,) and np.isfinite(d.action).all()
+        assert (d.action >= filt.lower - EPS).all() and (d.action <= filt.upper + EPS).all()
 
 
 def test_no_command_holds():

@@ -7,11 +7,14 @@ was last commanded). Rules, in this order (the first that refuses wins; see docs
 1. e-stop latched (``estop()``, from any thread) → hold until ``reset()``; it takes effect on
    the very next call, whatever the command;
 2. no command (the scheduler has nothing valid) → hold;
-3. a command that is not 14 numbers, or has a NaN/inf anywhere → the whole command is
-   refused (hold), never a partial one;
+3. a command that is not 14 real numbers (a flat sequence, or an array of shape (14,) of
+   integers or floats: no strings, booleans, complex numbers or other shapes), or has a NaN/inf
+   anywhere (an integer too large for a float counts as inf) → the whole command is refused
+   (hold), never a partial one;
 4. no usable measured state (missing, wrong size, non-finite) → hold;
-5. observation age unknown, older than ``max_obs_age`` or stamped in the future (clocks
-   disagree) → hold, the reason names the age;
+5. observation age unknown (None, or not a real number), older than ``max_obs_age`` or
+   stamped in the future (clocks disagree) → hold, the reason names the age; a time ``now``
+   that is not a finite real number → hold;
 6. position limits: each joint and gripper target is clamped into its range (counted);
 7. velocity: each entry moves at most ``max_speed * dt`` from the previous command, where
    ``max_speed`` is the embodiment's max velocity × ``velocity_scale`` (the gripper:
@@ -24,13 +27,18 @@ The first command after start, an e-stop reset, a clock jump or a pause longer t
 periods starts from the measured state at zero speed, so the arm ramps to the plan instead
 of jumping. Like the teleop link (``sf_policy.teleop.link``), whose timing constants it
 shares. ``dry_run`` is the node's business: the filter only decides.
+
+No input makes ``filter`` raise: whatever it cannot use holds, and an error of its own (a bug)
+holds too, with code ``error`` and the exception named in the reason.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +58,8 @@ POSITION, SPEED, ACCEL = "position", "speed", "accel"
 LIMIT_CAUSES = (POSITION, SPEED, ACCEL)
 
 #: Reason codes of a decision (``SafetyDecision.code``).
-OK, ESTOP, NO_COMMAND, MALFORMED, NON_FINITE, NO_STATE, STALE, CLOCK = (
-    "ok", "estop", "no_command", "malformed", "non_finite", "no_state", "stale_observation", "clock")
+OK, ESTOP, NO_COMMAND, MALFORMED, NON_FINITE, NO_STATE, STALE, CLOCK, ERROR = (
+    "ok", "estop", "no_command", "malformed", "non_finite", "no_state", "stale_observation", "clock", "error")
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,11 @@ class SafetyFilter:
     # --- the decision --------------------------------------------------------------------
     def filter(self, command, state, obs_age_s: float | None, now: float) -> SafetyDecision:
         with self._lock:
-            decision = self._decide(command, state, obs_age_s, float(now))
+            try:
+                decision = self._decide(command, state, _real(obs_age_s), _real(now))
+            except Exception as exc:  # noqa: BLE001 - the safety path never raises: what it did not foresee holds
+                decision = SafetyDecision(None, f"safety filter error, holding: {type(exc).__name__}: {exc}",
+                                          code=ERROR)
             self._counts["commands" if decision.action is not None else "holds"] += 1
             self._counts[decision.code] += 1
             if decision.clamped:
@@ -176,7 +188,7 @@ class SafetyFilter:
         if measured is None or not np.isfinite(measured).all():
             return SafetyDecision(None, "no usable measured state (missing, malformed or non-finite)",
                                   code=NO_STATE)
-        if obs_age_s is None or not math.isfinite(obs_age_s):
+        if obs_age_s is None or math.isnan(obs_age_s):
             return SafetyDecision(None, "observation age unknown", code=STALE)
         if obs_age_s > self.max_obs_age:
             return SafetyDecision(None, f"stale observation: {obs_age_s * 1000:.0f} ms old "
@@ -184,8 +196,8 @@ class SafetyFilter:
         if obs_age_s < -self.max_obs_future:
             return SafetyDecision(None, f"observation stamped {-obs_age_s * 1000:.0f} ms in the future "
                                         "(clocks disagree)", code=CLOCK)
-        if not math.isfinite(now):
-            return SafetyDecision(None, "non-finite time", code=CLOCK)
+        if now is None or not math.isfinite(now):
+            return SafetyDecision(None, "no usable time (now must be a finite number of seconds)", code=CLOCK)
 
         clamped_target = np.clip(target, self.lower, self.upper)
         clamped = clamped_target != target
@@ -238,12 +250,29 @@ class SafetyFilter:
             return {j: out[j] for j in JOINT_NAMES if j in out}
 
 
-def _vector(values) -> np.ndarray | None:
-    try:
-        array = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+def _real(value) -> float | None:
+    """A real number as a float (±inf for an integer too large for one); None for anything else:
+    None, strings, booleans, complex numbers, arrays."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return None
-    return array if array.shape == (STATE_DIM,) else None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _vector(values) -> np.ndarray | None:
+    """14 real numbers as float64, or None: a 1-D array of shape (14,) with an integer or float
+    dtype, or a flat sequence of 14 real numbers (``_real``). Other shapes ((2, 7), (14, 1)),
+    strings, booleans and complex numbers are not a command or a state: no guessing."""
+    if isinstance(values, np.ndarray):
+        if values.shape != (STATE_DIM,) or values.dtype.kind not in "iuf":
+            return None
+        return values.astype(np.float64)
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != STATE_DIM:
+        return None
+    numbers_ = [_real(v) for v in values]
+    return None if any(v is None for v in numbers_) else np.array(numbers_, dtype=np.float64)
 
 
 def _name_tuple(mask: np.ndarray) -> tuple[str, ...]:

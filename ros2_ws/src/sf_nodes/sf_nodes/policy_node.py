@@ -30,7 +30,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from sf_policy import topics
-from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, JOINT_NAMES, SIDES
+from sf_policy.config import load_robot_config
+from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, JOINT_NAMES, PIPER_LIMITS, SIDES
 from sf_policy.record.images import image_to_rgb
 from sf_policy.runtime.safety import SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
@@ -79,6 +80,8 @@ class PolicyNode(LifecycleNode):
         self.on_error = p("on_error", "hold").value
         self.max_obs_age = float(p("max_obs_age", 0.2).value)
         self.velocity_scale = float(p("velocity_scale", 0.5).value)
+        # The robot YAML's joint limits, which the drivers and the teleop link honour ("": factory limits)
+        self.robot_config = p("robot_config", "").value
         self.dry_run = bool(p("dry_run", False).value)
         self.device = p("device", "auto").value
         self.dtype = p("dtype", "").value  # "": bfloat16 on a GPU, float32 on CPU
@@ -93,7 +96,8 @@ class PolicyNode(LifecycleNode):
         self.images: dict[str, Image] = {}
         self.states: dict[str, JointState] = {}
         self.scheduler: ChunkScheduler | None = None
-        self.safety = SafetyFilter(period=1.0 / self.rate, velocity_scale=self.velocity_scale,
+        limits = load_robot_config(self.robot_config).limits if self.robot_config else dict(PIPER_LIMITS)
+        self.safety = SafetyFilter(limits, period=1.0 / self.rate, velocity_scale=self.velocity_scale,
                                    max_obs_age=self.max_obs_age)
         self._timer = None
         self._observed_ns = 0
