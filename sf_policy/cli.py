@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
 from .cli_calibrate import app as calibrate_app
@@ -74,7 +75,7 @@ def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[P
         r = load_robot_config(robot or share / "robot.yaml")
         c = load_camera_config(cameras or share / "cameras.yaml")
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
     console.print(f"[green]ok[/green]: arms {', '.join(f'{a.side}@{a.can_port}' for a in r.arms.values())}; "
                   f"cameras {', '.join(f'{k}={v.serial or v.device}' for k, v in c.items())}")

@@ -23,6 +23,7 @@ from typing import List, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
 app = typer.Typer(help="Calibrate cameras and arms and check their time sync (docs/calibration.md).",
@@ -38,7 +39,7 @@ def _default_config(name: str) -> Path:
 
 
 def _fail(message: str, code: int = 2):
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(str(message))}")
     raise typer.Exit(code)
 
 

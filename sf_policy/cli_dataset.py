@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
 app = typer.Typer(help="Inspect and check LeRobot v3.0 datasets.", no_args_is_help=True)
@@ -46,7 +47,7 @@ def info_cmd(root: Path = typer.Argument(..., help="Dataset root.")):
     try:
         ds = DatasetReader(root)
     except DatasetError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
     frames = ds.num_frames
     console.print(f"[bold]{root}[/bold]  LeRobot {ds.info['codebase_version']}, robot {ds.info.get('robot_type')}")
@@ -123,7 +124,7 @@ def from_bag_cmd(
     try:
         summary = convert_bag(bags, root, task=task, cameras=cameras or None, fps=fps)
     except (BagError, DatasetError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
     table = Table(title=f"{len(summary.bags)} bag(s) -> {root}")
     for col in ("bag", "episode", "task", "frames", "drops", "skew mean ms", "skew max ms"):

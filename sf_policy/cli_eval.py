@@ -19,6 +19,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
 app = typer.Typer(help="Evaluate trained checkpoints.", no_args_is_help=True)
@@ -118,7 +119,7 @@ def sim_cmd(
                                        videos=video, expert=expert, plots=plots, seen_scenes=seen_scenes,
                                        noise_scale=noise_scale)
     except SeenScenesError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     from rich.markdown import Markdown
 
@@ -151,7 +152,7 @@ def scene_reading_cmd(
     try:
         reading = scene_reading(policy, dataset, frame=frame, episodes=episodes, num_steps=num_steps)
     except (ValueError, IndexError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(reading.summary())
     for name, *values in zip(reading.joints, reading.spread, reading.error, reading.blind_error, reading.swap,
@@ -190,7 +191,7 @@ def replay_cmd(
         result = replay(checkpoint, dataset=dataset, bags=bag, out=target, episodes=episodes or None, every=every,
                         num_steps=num_steps, max_frames=max_frames or None, device=device, seed=seed)
     except ReplayError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     _print_replay(result.metrics)
     console.print(f"report: [bold]{result.report_path}[/bold]   (markdown {result.markdown_path}, "

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 
 console = Console(stderr=True)
 
@@ -53,7 +54,7 @@ def serve_cmd(
     try:
         check_bind(host, token)
     except BindRefused as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
@@ -62,7 +63,7 @@ def serve_cmd(
     try:
         info = checkpoint_info(checkpoint)
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
 
     def load():

@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
 app = typer.Typer(help="Train π0 with Spatial Forcing.", no_args_is_help=True)
@@ -72,7 +73,7 @@ def _refusals():
         yield
     except (ConfigError, CacheError, LaunchError, ValueError, FileExistsError, FileNotFoundError) as exc:
         if _main_process():
-            console.print(f"[red]error[/red]: {exc}")
+            console.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -126,7 +127,7 @@ def plan_cmd(config: str = typer.Argument(..., help="Preset (pi0_sf, pi0_baselin
         try:
             check_fits(plan, gpus, gpu_memory)
         except ValueError as exc:
-            console.print(f"[red]does not fit[/red]: {exc}")
+            console.print(f"[red]does not fit[/red]: {escape(str(exc))}")
             raise typer.Exit(2) from None
 
 

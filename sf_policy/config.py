@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .data.features import resolution_problem
 from .embodiment import ARM_STATE_NAMES, PIPER_LIMITS, SIDES, JointLimit
 from .topics import CAMERA_NAMESPACES, CAMERA_ROLES
 
@@ -188,8 +189,9 @@ def load_camera_config(path: str | Path) -> dict[str, CameraConfig]:
             raise f.error(source_key, f"{source!r} is already assigned to cameras.{seen_sources[source]}")
         seen_sources[source] = role
         for key in ("width", "height"):
-            if getattr(cfg, key) <= 0:
-                raise f.error(key, f"must be positive, got {getattr(cfg, key)}")
+            problem = resolution_problem(getattr(cfg, key))  # the dataset writer's rule, checked up front
+            if problem:
+                raise f.error(key, problem)
         if not 0 < cfg.fps <= 120:
             raise f.error("fps", f"must be in (0, 120], got {cfg.fps}")
         if cfg.timeout_s <= 0:

@@ -81,3 +81,21 @@ def test_camera_errors_name_file_and_field(tmp_path):
         camera_for_role(ok, "cam_right_wrist")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_camera_config(write(tmp_path, "cameras: [unclosed", "bad.yaml"))
+
+
+def test_an_odd_camera_size_is_refused_up_front_as_the_dataset_writer_would(tmp_path):
+    cams = {"cameras": {"cam_high": {"backend": "opencv", "device": "0", "width": 641}}}
+    with pytest.raises(ConfigError, match=r"cameras\.cam_high\.width: must be even .*got 641"):
+        load_camera_config(write(tmp_path, cams))
+
+
+def test_sf_config_check_prints_the_message_whole(tmp_path):
+    """`[lower, upper]` in a message is text, not rich markup (it used to print "expected  in SI units")."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    robot = write(tmp_path, {"arms": {"left": {"can_port": "can0"}}, "limits": {"joint1": "wide"}})
+    done = subprocess.run([str(Path(sys.executable).parent / "sf"), "config", "check", "--robot", str(robot)],
+                          capture_output=True, text=True, timeout=60, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "limits.joint1: expected [lower, upper] in SI units, got 'wide'" in done.stdout

@@ -60,6 +60,12 @@ def test_config_errors_name_the_field():
         load_config("tiny", ["teacher.mode=sometimes"])
     with pytest.raises(ConfigError, match="known presets: .*pi0_sf"):
         load_config("pi0_sff")
+    for override, message in (("optim.steps=-5", "optim.steps must be an integer >= 1, got -5"),
+                              ("optim.grad_accum=0", "optim.grad_accum must be an integer >= 1"),
+                              ("optim.ema_decay=1.0", "optim.ema_decay must be below 1"),
+                              ("optim.lr=0", "optim.lr must be > 0"), ("log.every=0", "log.every must be")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", [override])
 
 
 def test_batches_resume_exactly_where_an_uninterrupted_stream_was():

@@ -95,10 +95,19 @@ def robot_features(cameras: dict[str, tuple[int, int]]) -> dict:
     return features
 
 
+def resolution_problem(size: int) -> str | None:
+    """Why a camera width or height cannot be recorded, or None. yuv420p halves chroma in both
+    directions, so odd sizes cannot be encoded (the camera config is checked by the same rule)."""
+    if size <= 0:
+        return f"must be positive, got {size}"
+    if size % 2:
+        return f"must be even (the videos are yuv420p: chroma is halved in both directions), got {size}"
+    return None
+
+
 def _check_resolution(role: str, hw: tuple[int, int]) -> tuple[int, int]:
     height, width = (int(v) for v in hw)
-    # yuv420p halves chroma in both directions, so odd sizes cannot be encoded.
-    if height <= 0 or width <= 0 or height % 2 or width % 2:
+    if resolution_problem(height) or resolution_problem(width):
         raise ValueError(f"camera {role}: resolution (height, width) = {hw} must be positive and even")
     return height, width
 

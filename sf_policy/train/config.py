@@ -66,6 +66,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
+        _require(self, "optim", steps=(1, None), batch_size=(1, None), grad_accum=(1, None), warmup_steps=(0, None),
+                 min_lr_ratio=(0.0, 1.0), weight_decay=(0.0, None), ema_decay=(0.0, 1.0))
+        for name in ("lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        if not self.ema_decay < 1.0:  # 1 would keep the initial weights forever
+            raise ValueError(f"optim.ema_decay must be below 1 (0: no EMA), got {self.ema_decay}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"optim.batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
@@ -97,11 +104,27 @@ class DataConfig:
 @dataclass
 class LogConfig:
     every: int = 20  # steps between log lines / TensorBoard points
-    eval_every: int = 1_000  # held-out loss and open-loop action error
+    eval_every: int = 1_000  # held-out loss and open-loop action error (0: never)
     eval_batches: int = 4
-    save_every: int = 2_000
+    save_every: int = 2_000  # (0: only the final checkpoint)
     keep_last: int = 2  # checkpoints kept (the final one always stays)
     wandb: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self, "log", every=(1, None), eval_every=(0, None), eval_batches=(0, None), save_every=(0, None),
+                 keep_last=(1, None))
+
+
+def _require(section, name: str, **ranges: tuple[float, float | None]) -> None:
+    """Each field within [low, high] (None: no upper bound), integers for integer fields; the
+    message names ``section.field`` (a negative step count once made checkpoints/step_-00005)."""
+    for field_name, (low, high) in ranges.items():
+        value = getattr(section, field_name)
+        whole = isinstance(low, int)
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                or not (low <= value and (high is None or value <= high)):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"{name}.{field_name} must be {'an integer ' if whole else ''}{span}, got {value!r}")
 
 
 @dataclass
