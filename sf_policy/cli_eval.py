@@ -183,6 +183,7 @@ def replay_cmd(
     """Run a policy open-loop over recorded episodes: per-joint error per horizon step, chunk-to-chunk
     consistency, latency, and plots of predicted against recorded joints (report.html)."""
     from .eval.replay import ReplayError, replay
+    from .model.policy import CheckpointError
 
     if (dataset is None) == (not bag):
         raise typer.BadParameter("give --dataset or --bag (not both)")
@@ -190,7 +191,7 @@ def replay_cmd(
     try:
         result = replay(checkpoint, dataset=dataset, bags=bag, out=target, episodes=episodes or None, every=every,
                         num_steps=num_steps, max_frames=max_frames or None, device=device, seed=seed)
-    except ReplayError as error:
+    except (ReplayError, CheckpointError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     _print_replay(result.metrics)

@@ -48,7 +48,9 @@ def serve_cmd(
     log_level: str = typer.Option("info", help="uvicorn log level: debug, info, warning, error."),
 ):
     """Serve a trained policy over HTTP and a websocket (msgpack + numpy, openpi-compatible websocket)."""
+    from .model.policy import CheckpointError, check_weights
     from .serve.server import BindRefused, check_bind, checkpoint_info, create_app, install_log_redaction, uvicorn_config
+    from .train.checkpoint import POLICY_DIR
 
     token = token or None
     try:
@@ -62,7 +64,8 @@ def serve_cmd(
         raise typer.BadParameter("--max-payload-mb and --max-queue must be positive, --num-steps in 1..100")
     try:
         info = checkpoint_info(checkpoint)
-    except FileNotFoundError as exc:
+        check_weights(Path(info["path"]) / POLICY_DIR)  # a damaged file: one line now, not a traceback at startup
+    except (FileNotFoundError, CheckpointError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2)
 

@@ -652,3 +652,24 @@ def test_sf_serve_command_serves_a_checkpoint(checkpoint, tmp_path):
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert '"WebSocket /ws?token=***" [accepted]' in text and TOKEN not in text  # the token stays out of the log
+
+
+def test_a_damaged_weight_file_is_named_by_sf_serve_and_load_policy_without_a_traceback(checkpoint, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sf_policy.cli_serve import app
+    from sf_policy.model.policy import CheckpointError
+    from sf_policy.train.checkpoint import load_policy
+
+    damaged = tmp_path / "step_000010"
+    shutil.copytree(checkpoint, damaged)
+    weights = damaged / POLICY_DIR / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)  # an interrupted copy
+    with pytest.raises(CheckpointError, match=rf"{weights}: cannot be read .*damaged or incomplete"):
+        load_policy(damaged)
+    result = CliRunner().invoke(app, ["serve", str(damaged)])
+    assert result.exit_code == 2 and "model.safetensors: cannot be read" in result.output
+    assert "Traceback" not in result.output

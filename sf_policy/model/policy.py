@@ -250,6 +250,25 @@ def build_pi0(config: PolicyConfig, tokenizer=None) -> nn.Module:
     return model
 
 
+class CheckpointError(ValueError):
+    """A checkpoint's weight file cannot be read; the message names the file."""
+
+
+def check_weights(directory: str | Path) -> None:
+    """Open every ``*.safetensors`` in ``directory`` (its header and its length: cheap) and raise
+    CheckpointError naming the file if one is damaged or incomplete, before transformers reports
+    it without the file's name."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{file}: cannot be read ({exc}): the file is damaged or incomplete (an "
+                                  "interrupted copy or save?); copy it again or use another checkpoint") from None
+
+
 def unused_parameter_patterns(pi0_config) -> list[str]:
     """Regexes of the π0 weights that no action loss can reach.
 
@@ -482,6 +501,7 @@ class Policy(nn.Module):
         for name in (POLICY_FILE, NORMALIZER_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path} is not a saved policy: {name} is missing")
+        check_weights(path)
         saved = json.loads((path / POLICY_FILE).read_text())
         config = PolicyConfig.from_dict(saved["policy"] | {"checkpoint": str(path), "tokenizer": str(path)})
         if dtype is not None:
