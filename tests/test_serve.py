@@ -673,3 +673,70 @@ def test_a_damaged_weight_file_is_named_by_sf_serve_and_load_policy_without_a_tr
     result = CliRunner().invoke(app, ["serve", str(damaged)])
     assert result.exit_code == 2 and "model.safetensors: cannot be read" in result.output
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# probed as a hostile client would (issue 16)
+
+
+def test_a_body_of_millions_of_empty_maps_or_deep_nesting_is_refused_before_it_is_decoded(server, http):
+    maps = b"\xdd" + (LIMIT - 5).to_bytes(4, "big") + b"\x80" * (LIMIT - 5)  # 2 M empty maps in one array
+    response = post(http, maps)
+    assert response.status_code == 400 and "more than 10000 msgpack objects" in error_of(response)["message"]
+    deep = b"\x91" * 40 + b"\xc0"  # [[[...[nil]...]]], 40 deep
+    response = post(http, deep)
+    assert response.status_code == 400 and "nested deeper than 16" in error_of(response)["message"]
+    assert post(http, packb(valid_request())).status_code == 200  # a real request has a few dozen objects
+    assert http.get("/health").status_code == 200
+
+
+def test_a_json_integer_beyond_int64_is_a_400_naming_it(server, http):
+    body = b'{"state": [' + b"1" * 401 + b', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "images": {}, "prompt": "x"}'
+    response = http.post("/infer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "401 digits is out of range" in error_of(response)["message"]
+
+
+def test_json_images_of_booleans_are_refused(server, http):
+    image = [[[1, True, 0]] * 4] * 4
+    body = json.dumps({"state": [0.0] * STATE_DIM, "images": {"cam_high": image}, "prompt": "x"})
+    response = http.post("/infer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and error_of(response)["field"] == "images.cam_high"
+
+
+def test_unknown_paths_and_methods_answer_in_the_documented_error_shape(server, http):
+    for response, status in ((http.get("/nope"), 404), (http.get("/infer"), 405)):
+        assert response.status_code == status
+        error = error_of(response)
+        assert error["status"] == status and "/" in error["message"] and "detail" not in response.json()
+
+
+def test_token_redaction_keeps_uvicorns_access_line_intact():
+    from uvicorn.logging import AccessFormatter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", f"/metadata?token={TOKEN}", "1.1", 200), None)
+    RedactTokens().filter(record)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(record)
+    assert TOKEN not in line and "/metadata?token=***" in line
+
+
+def test_an_aborted_upload_is_logged_in_one_line_not_a_traceback(server, caplog):
+    host, port = server.url.removeprefix("http://").split(":")
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + b"\x00" * 100)
+        wait_for(lambda: "went away during the upload" in caplog.text, timeout=10, what="the disconnect logged")
+    assert "Traceback" not in caplog.text and "Exception in ASGI application" not in caplog.text
+
+
+def test_over_long_prompts_are_remembered_boundedly_and_shown_cut(policy):
+    from sf_policy.model.processor import WARNED_PROMPTS
+
+    processor = policy.processor
+    with pytest.warns(UserWarning, match=r"characters\)'$"):
+        processor.tokenize("lift " * 400 + "0")
+    with pytest.warns(UserWarning):
+        for k in range(WARNED_PROMPTS + 50):
+            processor.tokenize("lift " * 60 + str(k))
+    assert len(processor._warned_prompts) == WARNED_PROMPTS

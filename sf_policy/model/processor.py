@@ -32,6 +32,7 @@ and a batch comes out laid out as the contract fixes (docs/training/model.md):
 
 from __future__ import annotations
 
+import collections
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -48,6 +49,9 @@ from sf_policy.model.normalize import Normalizer
 from sf_policy.topics import CAMERA_ROLES
 
 #: The batch entries ``PI0ForConditionalGeneration.forward`` / ``sample_actions`` take.
+#: How many distinct over-long prompts a processor remembers having warned about (each warns once).
+WARNED_PROMPTS = 256
+
 MODEL_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "state")
 SAMPLE_KEYS: tuple[str, ...] = ("images", "state", "prompt", "actions")
 
@@ -120,7 +124,8 @@ class PolicyProcessor:
             raise ValueError("the tokenizer has no bos token; π0's prompt starts with one")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.newline_ids = self._encode("\n")
-        self._warned_prompts: set[str] = set()
+        # Over-long prompts already warned about: a bounded memory (a server sees any number of them)
+        self._warned_prompts: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- the batch
 
@@ -224,9 +229,12 @@ class PolicyProcessor:
         room = self.config.max_prompt_tokens - 1 - len(self.newline_ids)
         if len(body) > room:
             if prompt not in self._warned_prompts:
-                self._warned_prompts.add(prompt)
+                self._warned_prompts[prompt] = None
+                if len(self._warned_prompts) > WARNED_PROMPTS:
+                    self._warned_prompts.popitem(last=False)
+                shown = prompt if len(prompt) <= 120 else f"{prompt[:120]}... ({len(prompt)} characters)"
                 warnings.warn(f"{where}: prompt has {len(body)} tokens, more than the {room} that fit in "
-                              f"max_prompt_tokens={self.config.max_prompt_tokens}; cut to {room}: {prompt!r}",
+                              f"max_prompt_tokens={self.config.max_prompt_tokens}; cut to {room}: {shown!r}",
                               stacklevel=3)
             body = body[:room]
         ids = [self.bos_id, *body, *self.newline_ids]

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from sf_policy.embodiment import JOINT_NAMES, STATE_DIM
@@ -138,9 +140,15 @@ class RedactTokens(logging.Filter):
     pattern = re.compile(r"(token=)[^&\s\"']+")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = self.pattern.sub(r"\1***", message), None
+        # Redact inside the arguments and keep their shape: uvicorn's access formatter unpacks
+        # record.args (5 of them), and replacing them by None printed "--- Logging error ---".
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: self.pattern.sub(r"\1***", v) if isinstance(v, str) else v
+                           for k, v in record.args.items()}
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = self.pattern.sub(r"\1***", record.msg)
         return True
 
 
@@ -345,6 +353,11 @@ def create_app(policy_or_factory: Any, *, token: str | None = None, max_payload_
     async def _wire_error(request, exc: WireError):
         return error_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):  # 404, 405...: the documented {"error": ...}
+        return error_response(WireError("path", f"{request.method} {request.url.path}: {exc.detail}",
+                                        status=exc.status_code))
+
     def require_token(request: Request) -> None:
         given = token_of(request.headers)
         if not authorized(runtime.token, given):
@@ -375,10 +388,8 @@ def create_app(policy_or_factory: Any, *, token: str | None = None, max_payload_
         body = await read_body(request, runtime.max_payload)
         received = time.perf_counter()
         try:
-            if content_type == JSON:
-                parsed = parse_request(json_loads(body), runtime.processor_roles(), from_json=True)
-            else:
-                parsed = parse_request(unpackb(body), runtime.processor_roles())
+            # decoded in a worker thread: however large the body, /health and the websockets go on
+            parsed = await asyncio.to_thread(decode_request, body, runtime.processor_roles(), content_type == JSON)
             reply = await runtime.infer(parsed, received)
         except WireError as exc:
             return error_response(exc)
@@ -416,7 +427,8 @@ def create_app(policy_or_factory: Any, *, token: str | None = None, max_payload_
                         raise WireError("frame", "expected a binary msgpack frame, got a text frame")
                     if len(data) > runtime.max_payload:
                         raise payload_too_large(len(data), runtime.max_payload)
-                    reply = await runtime.infer(parse_request(unpackb(data), runtime.processor_roles()), received)
+                    parsed = await asyncio.to_thread(decode_request, data, runtime.processor_roles(), False)
+                    reply = await runtime.infer(parsed, received)
                 except WireError as exc:
                     await websocket.send_text(json.dumps({"error": exc.to_dict()}))
                     continue
@@ -433,6 +445,13 @@ def create_app(policy_or_factory: Any, *, token: str | None = None, max_payload_
     return app
 
 
+def decode_request(body: bytes, roles, from_json: bool) -> InferRequest:
+    """A request body → a checked request (msgpack, or JSON); bad input is a WireError."""
+    if from_json:
+        return parse_request(json_loads(body), roles, from_json=True)
+    return parse_request(unpackb(body), roles)
+
+
 async def read_body(request, limit: int) -> bytes:
     """The request body, or a 413 naming the limit once it passes ``limit`` bytes. An over-limit body
     is read on (discarded, up to ``DRAIN_LIMIT``) so the client gets the 413, not a reset connection."""
@@ -444,16 +463,20 @@ async def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise WireError("content-length", f"not an integer: {declared!r}") from None
     chunks, size, over = [], 0, size_hint is not None and size_hint > limit
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            over = True
-        if over:
-            chunks.clear()
-            if size > limit + DRAIN_LIMIT:
-                break
-            continue
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                over = True
+            if over:
+                chunks.clear()
+                if size > limit + DRAIN_LIMIT:
+                    break
+                continue
+            chunks.append(chunk)
+    except ClientDisconnect:  # an aborted upload: nobody to answer, nothing to log as an error
+        log.info("%s %s: the client went away during the upload", request.method, request.url.path)
+        raise WireError("body", "the client disconnected during the upload") from None
     if over:
         raise payload_too_large(size_hint, limit)
     return b"".join(chunks)
