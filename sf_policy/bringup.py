@@ -214,13 +214,16 @@ def record_keys_node(terminal: str, keymap: str = "") -> NodeSpec:
 def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool = False, episodes: int = 0,
                  max_duration_s: float | None = None, seed: int = 0, bag_root: str = "",
                  robot_config: str | None = None, camera_config: str | None = None, width: int = 224,
-                 height: int = 224, exit_when_done: bool = False, link: str = "hardware", keys: str = "auto",
+                 height: int = 224, exit_when_done: bool | None = None, link: str = "hardware", keys: str = "auto",
                  keymap: str = "", share: Path | None = None) -> list[NodeSpec]:
     """Recording: the robot in teleop mode (or the twin with its scripted operator) + the recorder
     + on the robot the key helper (``keys``: see ``key_terminal``; the twin's operator needs none).
 
     ``link``: the master-puppet link (``driver_nodes``), on the twin the sim node's ``link``.
+    ``exit_when_done`` (default: when ``episodes`` is set): the recorder exits after its episodes,
+    and with it the graph (both runners stop when the recorder exits).
     """
+    exit_when_done = bool(episodes) if exit_when_done is None else exit_when_done
     config = task_config(task, share)
     root = dataset_root or default_dataset_root(task)
     if sim:

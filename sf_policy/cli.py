@@ -183,7 +183,7 @@ def launch_record(
     from .bringup import record_nodes
 
     specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
-                         max_duration_s=max_duration_s, bag_root=bag_root, link=link, exit_when_done=bool(episodes),
+                         max_duration_s=max_duration_s, bag_root=bag_root, link=link,
                          keys=keys, keymap=keymap)
     recorder = next(s for s in specs if s.executable == "recorder")
     helper = "the key helper's window" if any(s.executable == "record_keys" for s in specs) else "`record_keys`"

@@ -46,6 +46,8 @@ def launch_standins(monkeypatch):
         "launch": types.ModuleType("launch"),
         "launch.actions": types.ModuleType("launch.actions"),
         "launch.substitutions": types.ModuleType("launch.substitutions"),
+        "launch.event_handlers": types.ModuleType("launch.event_handlers"),
+        "launch.events": types.ModuleType("launch.events"),
         "launch_ros": types.ModuleType("launch_ros"),
         "launch_ros.actions": types.ModuleType("launch_ros.actions"),
     }
@@ -53,6 +55,10 @@ def launch_standins(monkeypatch):
     mods["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (_Action,), {})
     mods["launch.actions"].OpaqueFunction = type("OpaqueFunction", (_Action,), {})
     mods["launch.actions"].SetEnvironmentVariable = type("SetEnvironmentVariable", (_Action,), {})
+    mods["launch.actions"].EmitEvent = type("EmitEvent", (_Action,), {})
+    mods["launch.actions"].RegisterEventHandler = type("RegisterEventHandler", (_Action,), {})
+    mods["launch.event_handlers"].OnProcessExit = type("OnProcessExit", (_Action,), {})
+    mods["launch.events"].Shutdown = type("Shutdown", (_Action,), {})
     mods["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
     mods["launch_ros.actions"].Node = Node
     mods["launch_ros.actions"].LifecycleNode = LifecycleNode
@@ -73,7 +79,9 @@ def evaluate(name: str, **overrides):
     opaque = next(a for a in actions if type(a).__name__ == "OpaqueFunction")
     context = types.SimpleNamespace(launch_configurations={**declared, **overrides})
     evaluate.env = {a.args[0]: a.args[1] for a in actions if type(a).__name__ == "SetEnvironmentVariable"}
-    return declared, opaque.kwargs["function"](context)
+    built = opaque.kwargs["function"](context)
+    evaluate.handlers = [a for a in built if type(a).__name__ == "RegisterEventHandler"]
+    return declared, [a for a in built if type(a).__name__ != "RegisterEventHandler"]
 
 
 def test_policy_launch_follow_mode_with_task(launch_standins):
@@ -141,6 +149,32 @@ def test_drivers_launch_mode_argument(launch_standins):
     declared, nodes = evaluate("drivers.launch.py", mode="teleop")
     assert declared["mode"] == "follow"
     assert nodes[0].kwargs["parameters"][-1]["mode"] == "teleop"
+
+
+def test_drivers_launch_sim_is_sf_launch_drivers_sim_with_its_mode(launch_standins):
+    """The drivers on simulated CAN arms, as `sf launch drivers --sim`, the mode honoured (it used to start
+    the twin and ignore mode)."""
+    from sf_policy.bringup import driver_nodes
+
+    _, nodes = evaluate("drivers.launch.py", sim="true", mode="teleop")
+    params = [n.kwargs["parameters"][-1] for n in nodes]
+    assert [n.kwargs["executable"] for n in nodes] == ["piper_arm_driver"] * 2
+    assert all(p["simulate"] is True and p["mode"] == "teleop" for p in params)
+    assert params == [s.parameters for s in driver_nodes(sim=True, mode="teleop")]
+
+
+def test_a_boolean_argument_that_is_not_true_or_false_is_refused_naming_it(launch_standins):
+    with pytest.raises(ValueError, match=r"launch argument sim:='maybe': expected true or false"):
+        evaluate("record.launch.py", sim="maybe", keys="none")
+
+
+def test_record_launch_ends_when_the_recorder_is_done(launch_standins, tmp_path):
+    _, nodes = evaluate("record.launch.py", sim="true", episodes="2", dataset_root=str(tmp_path / "ds"))
+    recorder = next(n for n in nodes if n.kwargs["executable"] == "recorder")
+    assert recorder.kwargs["parameters"][-1]["exit_when_done"] is True
+    (handler,) = evaluate.handlers  # the recorder's exit shuts the launch down, as it stops `sf launch`
+    on_exit = handler.args[0]
+    assert on_exit.kwargs["target_action"] is recorder and type(on_exit.kwargs["on_exit"][0]).__name__ == "EmitEvent"
 
 
 def test_unknown_task_fails_naming_known_ones(launch_standins):

@@ -89,7 +89,7 @@ def test_launch_files_use_the_shared_plan(name):
     plan = ast.parse((BRINGUP / "launch" / "_plan.py").read_text())
     imported = {a.name for n in ast.walk(plan) if isinstance(n, ast.ImportFrom) and n.module == "sf_policy.bringup"
                 for a in n.names}
-    assert imported == {"driver_nodes", "task_config", "twin_nodes"} and all(hasattr(bringup, a) for a in imported)
+    assert imported == {"driver_nodes", "task_config"} and all(hasattr(bringup, a) for a in imported)
 
 
 def test_driver_plan_for_hardware_and_sim():

@@ -7,18 +7,29 @@ The plan itself lives in sf_policy.bringup, which `sf launch` runs without the R
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 LIFECYCLE_EXECUTABLES = {"piper_arm_driver", "policy_node"}
 
 
-def as_bool(text: str) -> bool:
-    return str(text).lower() in ("1", "true", "yes", "on")
+def as_bool(text: str, name: str = "argument") -> bool:
+    """true/false (and 1/0, yes/no, on/off); anything else is an error naming the argument (sim:=maybe
+    used to mean false)."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"launch argument {name}:={text!r}: expected true or false")
 
 
-def to_actions(specs):
+def to_actions(specs, ends_launch: str | None = None):
+    """Node actions for ``specs``; when the node of executable ``ends_launch`` exits (the recorder
+    after its episodes), the whole launch shuts down, as `sf launch` stops when a node exits."""
     actions = []
     for spec in specs:
         kind = LifecycleNode if spec.executable in LIFECYCLE_EXECUTABLES else Node
@@ -28,6 +39,10 @@ def to_actions(specs):
         actions.append(kind(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
                             parameters=[*spec.params_files, spec.parameters], remappings=list(spec.remappings),
                             **extra))
+        if spec.executable == ends_launch:
+            reason = f"{spec.name} finished"
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=actions[-1],
+                                                              on_exit=[EmitEvent(event=Shutdown(reason=reason))])))
     return actions
 
 
@@ -46,15 +61,14 @@ def opaque(build):
 
 
 def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
-    """Arm and camera drivers; `mode=None` makes the mode a launch argument."""
-    from sf_policy.bringup import driver_nodes, task_config, twin_nodes
+    """Arm and camera drivers; `mode=None` makes the mode a launch argument. The same plan as
+    `sf launch drivers`: with sim:=true the drivers' own code runs on simulated CAN arms (the whole
+    robot in simulation, the MuJoCo twin, is record.launch.py / policy.launch.py sim:=true)."""
+    from sf_policy.bringup import driver_nodes, task_config
 
-    args = [("sim", "false", "the MuJoCo twin instead of the robot (same topics)"),
-            ("operator", "scripted" if mode == "teleop" else "none",
-             "sim only: scripted (the task's expert teleoperates) or none"),
-            ("seed", "0", "sim only: first episode's seed"),
-            ("robot_config", "", "robot YAML (default: config/robot.yaml)"),
-            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml)")]
+    args = [("sim", "false", "simulated CAN arms inside the driver processes instead of the hardware"),
+            ("robot_config", "", "robot YAML (default: config/robot.yaml, with sim:=true config/robot_sim.yaml)"),
+            ("camera_config", "", "cameras YAML (default: the task's, else config/cameras.yaml; none with sim)")]
     if with_task:
         args.insert(0, ("task", "lift_pot", "task name: config/tasks/<task>.yaml"))
     if mode is None:
@@ -62,9 +76,7 @@ def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
 
     def build(a):
         task = task_config(a["task"]) if with_task else {}  # an unknown task fails here, listing known ones
-        if as_bool(a["sim"]):
-            return to_actions(twin_nodes(a.get("task", "lift_pot"), operator=a["operator"], seed=int(a["seed"])))
-        return to_actions(driver_nodes(mode=mode or a["mode"],
+        return to_actions(driver_nodes(sim=as_bool(a["sim"], "sim"), mode=mode or a["mode"],
                                        robot_config=a["robot_config"] or None,
                                        camera_config=a["camera_config"] or task.get("camera_config") or None))
 

@@ -28,8 +28,8 @@ def generate_launch_description():
 
     def build(a):
         return to_actions(policy_nodes(
-            a["task"], sim=as_bool(a["sim"]), seed=int(a["seed"]), checkpoint=a["checkpoint"] or None,
-            remote=a["remote"], dry_run=as_bool(a["dry_run"]), robot_config=a["robot_config"] or None,
+            a["task"], sim=as_bool(a["sim"], "sim"), seed=int(a["seed"]), checkpoint=a["checkpoint"] or None,
+            remote=a["remote"], dry_run=as_bool(a["dry_run"], "dry_run"), robot_config=a["robot_config"] or None,
             camera_config=a["camera_config"] or None))
 
     return LaunchDescription([*arguments(*args), *large_data_env(), opaque(build)])

@@ -34,9 +34,9 @@ def generate_launch_description():
 
     def build(a):
         return to_actions(record_nodes(
-            a["task"], dataset_root=a["dataset_root"] or None, sim=as_bool(a["sim"]), seed=int(a["seed"]),
+            a["task"], dataset_root=a["dataset_root"] or None, sim=as_bool(a["sim"], "sim"), seed=int(a["seed"]),
             episodes=int(a["episodes"]), max_duration_s=float(a["max_duration_s"]) or None,
             bag_root=a["bag_root"], link=a["link"], robot_config=a["robot_config"] or None,
-            camera_config=a["camera_config"] or None, keys=a["keys"], keymap=a["keymap"]))
+            camera_config=a["camera_config"] or None, keys=a["keys"], keymap=a["keymap"]), ends_launch="recorder")
 
     return LaunchDescription([*arguments(*args), *large_data_env(), opaque(build)])

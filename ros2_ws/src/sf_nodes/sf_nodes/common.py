@@ -78,9 +78,20 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     # Ctrl-C / SIGTERM only set a flag: the default KeyboardInterrupt lands in whatever Python
     # frame runs, and inside a pybind call (message deserialisation) it became a TypeError and
     # exit status 1 instead of a clean shutdown (seen in the recorder crash tests).
+    # After the first one, SIGINT and SIGTERM are ignored to the end of the process: a terminal's
+    # Ctrl-C reaches the whole process group and `ros2 launch` then sends its own SIGINT, which
+    # landed during teardown, or after Python's finalisation had put the default handler back, and
+    # ended policy_node and sim_node with -2 ("process has died"). A hung teardown is launch's to
+    # escalate (SIGKILL); an ignored signal stays ignored through finalisation, a handler does not.
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def request_stop(*_):
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
     node = None
     try:
         node = make_node()
@@ -98,8 +109,8 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the process ends: nothing more to stop
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 
