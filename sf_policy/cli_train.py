@@ -49,10 +49,13 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
             resume: Optional[Path] = typer.Option(None, help="A run directory or checkpoint to continue."),
             progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Train; checkpoints, TensorBoard logs and metrics.jsonl go to <output_dir>/<name>/."""
+    from .train.data import check_dataset
     from .train.loop import Trainer
 
     with _refusals():  # a mistake found before the first step is one line, not a traceback
         cfg = _config(config, overrides or [])
+        if cfg.data.root:
+            check_dataset(cfg.data.root)  # before the teacher cache is built on it
         if cfg.aligned and cfg.teacher.mode == "cache" and resume is None:
             _ensure_cache(cfg)
         trainer = Trainer(cfg, resume=resume, progress=progress)
@@ -66,12 +69,13 @@ def _refusals():
     """Errors the user fixes in the config, the command or the data (they name the file, field or
     parameter): printed once, as one line, exit 2; every process of a launch stops."""
     from .config import ConfigError
+    from .data.features import DatasetError
     from .teacher.cache import CacheError
     from .train.distributed import LaunchError
 
     try:
         yield
-    except (ConfigError, CacheError, LaunchError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, CacheError, DatasetError, LaunchError, ValueError, FileExistsError, FileNotFoundError) as exc:
         if _main_process():
             console.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None

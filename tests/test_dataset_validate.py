@@ -136,6 +136,28 @@ def task_missing(root: Path) -> None:
     pq.write_table(tasks_table({TASKS[0]: 0}), root / "meta/tasks.parquet")
 
 
+def edit_states(path: Path, edit: Callable[[np.ndarray], None]) -> None:
+    """Change the state values of a data file in place (the file still reads: the damage is silent)."""
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(STATE)
+    states = np.stack(table.column(STATE).to_numpy(zero_copy_only=False)).astype(np.float32)
+    edit(states)
+    column = pa.array(list(states), type=table.schema.field(i).type)
+    pq.write_table(table.set_column(i, table.schema.field(i), column), path)
+
+
+def states_changed(root: Path) -> None:  # 76 values, as a disk error was seen to change them
+    edit_states(root / DATA_0, lambda s: s.reshape(-1).__setitem__(slice(10, 86), s.reshape(-1)[10:86] + 0.05))
+
+
+def state_nan(root: Path) -> None:
+    edit_states(root / DATA_1, lambda s: s.__setitem__((4, 2), np.nan))
+
+
+def action_feature_removed(root: Path) -> None:
+    edit_json(root / "meta/info.json", lambda info: info["features"].pop("action"))
+
+
 CASES = {  # corruption -> (file, field) a Problem must name
     "info.json without fps": (drop_fps, ("meta/info.json", "fps")),
     "fps as a string": (fps_as_string, ("meta/info.json", "fps")),
@@ -148,6 +170,9 @@ CASES = {  # corruption -> (file, field) a Problem must name
     "orphan data file": (orphan_data_file, ("data/chunk-000/file-002.parquet", "episode_index")),
     "orphan video file": (orphan_video_file, (f"videos/{HIGH}/chunk-000/file-007.mp4", HIGH)),
     "task missing from tasks.parquet": (task_missing, ("meta/tasks.parquet", "task")),
+    "state values changed after writing": (states_changed, (DATA_0, STATE)),
+    "NaN in the state": (state_nan, (DATA_1, STATE)),
+    "action removed from info.json": (action_feature_removed, ("meta/info.json", "features.action")),
 }
 
 

@@ -8,6 +8,7 @@ accelerate. CPU only; no timing assertions.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -405,3 +406,31 @@ def test_gradient_checkpointing_trains_on_the_same_losses(twin_dataset, tmp_path
     for plain, checkpointed in zip(runs["false"], runs["true"]):
         for key in ("loss", "action", "align"):
             assert checkpointed[key] == pytest.approx(plain[key], rel=1e-6), (plain["step"], key)
+
+
+def test_training_refuses_a_damaged_dataset_naming_the_file_before_any_cache_is_built(twin_dataset, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sf_policy.data.features import STATE, DatasetError
+    from sf_policy.train.loop import Trainer
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(twin_dataset, damaged)
+    data = sorted((damaged / "data").rglob("*.parquet"))[0]
+    table = pq.read_table(data)
+    i = table.schema.get_field_index(STATE)
+    states = np.stack(table.column(STATE).to_numpy(zero_copy_only=False)).astype(np.float32)
+    states[3, 1] = np.nan
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(list(states), type=table.schema.field(i).type)),
+                   data)
+    rel = str(data.relative_to(damaged))
+    with pytest.raises(DatasetError, match=rf"(?s)not a valid dataset .*{rel} \[observation.state\]: episode 0: NaN"):
+        Trainer(tiny(damaged, tmp_path, "optim.steps=1"))
+    cli = subprocess.run([str(Path(sys.executable).parent / "sf"), "train", "run", "tiny", f"data.root={damaged}",
+                          f"output_dir={tmp_path / 'cli'}", f"teacher.cache_root={tmp_path / 'cache'}"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert cli.returncode == 2 and f"{rel} [observation.state]" in cli.stdout and "Traceback" not in cli.stderr
+    assert not (tmp_path / "cache").exists()  # refused before the teacher ran on it

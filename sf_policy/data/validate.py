@@ -21,11 +21,13 @@ import pyarrow.parquet as pq
 
 from . import stats as stats_mod
 from .features import (
+    ACTION,
     CODEBASE_VERSION,
     DATA_DIR,
     DEFAULT_FEATURES,
     INDEX,
     INFO_PATH,
+    STATE,
     STATS_PATH,
     TASKS_PATH,
     TOLERANCE_S,
@@ -76,7 +78,7 @@ class _Checker:
         self.fps = self.info["fps"]
         self.check_info()
         self.tasks = self.load(load_tasks, TASKS_PATH, {})
-        rows = self.load(load_episode_rows, "meta/episodes", [])
+        rows = self.load(lambda root: load_episode_rows(root, with_stats=True), "meta/episodes", [])
         self.check_rows(rows)
         self.check_totals(rows)
         self.check_data(rows)
@@ -129,6 +131,9 @@ class _Checker:
         for key, ft in DEFAULT_FEATURES.items():
             if key not in self.features:
                 self.add(INFO_PATH, f"features.{key}", "missing (LeRobot needs it)")
+        for key in (STATE, ACTION):
+            if key not in self.features:
+                self.add(INFO_PATH, f"features.{key}", "missing (a policy trains on the state and the action)")
 
     def check_feature(self, key: str, ft: dict) -> None:
         where = f"features.{key}"
@@ -262,6 +267,31 @@ class _Checker:
         if None in names or not names <= set(row.get("tasks") or ()):
             self.add(rel, "task_index", f"episode {ep}: task indices {np.unique(col['task_index']).tolist()} "
                                         f"do not match its tasks {row.get('tasks')}")
+        for key in (k for k in (STATE, ACTION) if k in table.column_names):
+            self.check_values(rel, key, np.stack(table.column(key).to_numpy(zero_copy_only=False)[mask]), row)
+
+    def check_values(self, rel: str, key: str, values: np.ndarray, row: dict) -> None:
+        """Finite, and equal to the statistics saved with the episode: the data of a file whose bytes
+        changed after writing (a disk or copy error, a parquet still readable) no longer are."""
+        ep = row["episode_index"]
+        values = values.astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            frames = np.flatnonzero(bad.any(axis=1))
+            self.add(rel, key, f"episode {ep}: NaN or inf at {int(bad.sum())} value(s), frames "
+                               f"{frames[:5].tolist()}{' ...' if len(frames) > 5 else ''}")
+            return
+        for stat, computed in (("min", values.min(axis=0)), ("max", values.max(axis=0)),
+                               ("mean", values.mean(axis=0))):
+            saved = row.get(f"stats/{key}/{stat}")
+            if saved is None:
+                continue
+            saved = np.asarray(saved, dtype=np.float64).reshape(-1)
+            if saved.shape == computed.shape and not np.allclose(computed, saved, rtol=1e-5, atol=1e-6):
+                changed = np.flatnonzero(~np.isclose(computed, saved, rtol=1e-5, atol=1e-6))
+                self.add(rel, key, f"episode {ep}: the data no longer match the {stat} saved with the episode "
+                                   f"(dimensions {changed[:5].tolist()}): the file changed after it was written")
+                return
 
     # -- videos
 

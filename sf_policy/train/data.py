@@ -84,6 +84,22 @@ class ChunkDataset(Dataset):
         return state
 
 
+def check_dataset(root: str | Path) -> None:
+    """Refuse to train on a dataset ``sf dataset validate`` finds problems in (the videos are not
+    opened here: decoding finds those), naming the first of them. Corrupted data otherwise ended
+    in tracebacks naming no file, a misleading "teacher cache incomplete", or a silent run on
+    two cameras."""
+    from ..data.features import DatasetError
+    from ..data.validate import validate
+
+    problems = validate(root, videos=False)
+    if problems:
+        shown = "\n  ".join(str(p) for p in problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise DatasetError(f"{root}: not a valid dataset ({len(problems)} problem(s); `sf dataset validate {root}` "
+                           f"lists them):\n  {shown}{more}")
+
+
 def heldout_positions(num_episodes: int, heldout: float, seed: int = 0) -> set[int]:
     """Positions (0-based, in dataset order) of the episodes ``split_episodes`` holds out.
 

@@ -35,7 +35,7 @@ from ..model.policy import NORMALIZER_FILE, Policy
 from ..topics import CAMERA_ROLES
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import ChunkDataset, ResumableBatches, emphasise_starts, split_episodes, training_scenes
+from .data import ChunkDataset, ResumableBatches, check_dataset, emphasise_starts, split_episodes, training_scenes
 from .distributed import check_resume, check_world, make_accelerator, own_rows, per_process_batch
 from .targets import TargetSource, vla_grid
 
@@ -109,6 +109,7 @@ class Trainer:
         self._refuse_unsharded_extras()
         set_seed(cfg.seed)
         self.root = Path(cfg.data.root)
+        check_dataset(self.root)
         self.train_idx, self.heldout_idx = split_episodes(self.root, cfg.data.heldout_episodes, cfg.seed)
         self.train_idx = emphasise_starts(self.root, self.train_idx, cfg.data.start_seconds, cfg.data.start_weight)
         self.scenes, self.unknown_scenes = training_scenes(self.root, cfg.data.heldout_episodes, cfg.seed)
