@@ -467,3 +467,33 @@ def test_bags_are_numbered_by_the_dataset_episode_index_when_appending(tmp_path)
         assert len(bags.kept) == 1 and bags.kept[0].name.startswith("pots_episode_2_")
     finally:
         writer.close()
+
+
+def test_the_recorder_nodes_lazy_writer_names_an_appended_episode_by_its_dataset_index(tmp_path):
+    """The node opens its dataset at the first start; the session read the count before that (0),
+    and the bag of dataset episode 2 was named ..._episode_0_... (issue 16)."""
+    from sf_nodes.recorder import _LazyWriter
+
+    from sf_policy.data.writer import DatasetWriter
+    from sf_policy.record.session import RecordingSession, SessionConfig
+    from sf_policy.record.sync import FrameSync
+    from sf_policy.sim.record import record_expert
+
+    root = tmp_path / "pots"
+    record_expert(root, task="grasp_vegetable", episodes=2, width=32, height=32, every=10)
+
+    class Opener:  # what _LazyWriter asks of the recorder node: open_writer() and writer
+        writer = None
+
+        def open_writer(self):
+            self.writer = self.writer or DatasetWriter.open(root)
+            return self.writer
+
+    node = Opener()
+    session = RecordingSession(_LazyWriter(node), FrameSync(), {}, SessionConfig())
+    try:
+        session.start("pick")
+        assert session.episode_number == 1 and session.dataset_index == 2
+    finally:
+        session.discard()
+        node.writer.close()

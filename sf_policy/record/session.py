@@ -50,7 +50,9 @@ class RecordingSession:
         self._tick_ns: deque[int] = deque(maxlen=300)
         self._saver = _Saver(self._saved, self._save_failed)
         self.listening_since_ns = clock()
-        self._first_index = int(getattr(writer, "num_episodes", 0))  # appending to an existing dataset
+        # Appending to an existing dataset: its episode count. The recorder node's writer opens at the
+        # first start (image sizes are known then), so its count is read there (see start()).
+        self._first_index: int | None = getattr(writer, "num_episodes", None)
 
     # -- commands ----------------------------------------------------------------------
     def command(self, text: str) -> str:
@@ -76,6 +78,8 @@ class RecordingSession:
         if not self.prompt:
             raise CommandError("cannot start: no task prompt (give one after 'start' or set the task parameter)")
         self.episode = self.writer.begin_episode(task=self.prompt)
+        if self._first_index is None:  # the writer has just opened: nothing of this session is in it yet
+            self._first_index = int(getattr(self.writer, "num_episodes", None) or 0)
         self.episode_started_ns = now
         self.sync.reset_counters()
         self._tick_ns.clear()
@@ -161,7 +165,7 @@ class RecordingSession:
     def dataset_index(self) -> int:
         """The ``episode_index`` the episode being (or next to be) recorded gets in the dataset
         when it is saved (saves commit in order): what its raw bag is named after."""
-        return self._first_index + len(self.saved) + len(self._saver)
+        return (self._first_index or 0) + len(self.saved) + len(self._saver)
 
     def duration_s(self, now_ns: int | None = None) -> float:
         if self.state != "recording":

@@ -259,6 +259,11 @@ class _LazyWriter:
     def begin_episode(self, task: str):
         return self._node.open_writer().begin_episode(task=task)
 
+    @property
+    def num_episodes(self) -> int | None:
+        """The opened dataset's episode count (None until the first episode opens it)."""
+        return self._node.writer.num_episodes if self._node.writer is not None else None
+
 
 def stream_topics_types(stream_topics: dict[str, str]) -> dict[str, str]:
     return {topic: ("sensor_msgs/msg/Image" if stream in topics.CAMERA_ROLES else "sensor_msgs/msg/JointState")
