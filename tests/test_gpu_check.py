@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark run: the slow tier keeps the default one under 5 minutes
 def test_the_gpu_check_parses_and_its_summary_reads_what_the_benchmarks_write(tmp_path):
     assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_check.sh")]).returncode == 0
     bench = subprocess.run([sys.executable, "bench/inference.py", "--preset", "tiny", "--repeats", "2", "--warmup",

@@ -408,6 +408,7 @@ def test_gradient_checkpointing_trains_on_the_same_losses(twin_dataset, tmp_path
             assert checkpointed[key] == pytest.approx(plain[key], rel=1e-6), (plain["step"], key)
 
 
+@pytest.mark.slow  # 8 s (a CLI run): in the slow tier to keep the default one under 5 minutes
 def test_training_refuses_a_damaged_dataset_naming_the_file_before_any_cache_is_built(twin_dataset, tmp_path):
     import shutil
 
