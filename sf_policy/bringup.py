@@ -227,7 +227,11 @@ def record_nodes(task: str, *, dataset_root: str | Path | None = None, sim: bool
     config = task_config(task, share)
     root = dataset_root or default_dataset_root(task)
     if sim:
-        graph = twin_nodes(task, operator="scripted", seed=seed, episodes=episodes, width=width, height=height,
+        # The recorder counts saved episodes and an attempt can abort: a twin that played exactly
+        # `episodes` attempts left the recorder waiting forever. It plays on until the recorder,
+        # and with it the graph, is done.
+        attempts = 0 if exit_when_done else episodes
+        graph = twin_nodes(task, operator="scripted", seed=seed, episodes=attempts, width=width, height=height,
                            recorder_control=True, link=link, share=share)
     else:
         graph = driver_nodes(share, mode="teleop", robot_config=robot_config, link=link,

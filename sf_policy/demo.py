@@ -85,11 +85,10 @@ def run_record(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: i
         if earlier.exists():
             shutil.rmtree(earlier)
     # The twin keeps running episodes (a failed one is discarded) until the recorder has
-    # saved the requested number and exits.
+    # saved the requested number and exits (record_nodes plans it so).
     *twin, recorder = record_nodes(task, dataset_root=root, sim=True, episodes=episodes, seed=seed,
                                    bag_root=str(bag_root) if bags else "",
                                    exit_when_done=True)
-    twin = [NodeSpec(t.executable, t.name, {**t.parameters, "episodes": 0}, t.params_files) for t in twin]
     monitor = {"measure_s": measure_s, "exercise": False, "episodes": episodes}
     report = _run_with_monitor(twin, monitor, out_dir, verbose, echo, waiting_for=[recorder], timeout_s=timeout_s)
     problems = validate(root) if root.exists() else []

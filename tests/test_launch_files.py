@@ -104,10 +104,12 @@ def test_record_launch_in_sim_runs_the_twin_and_the_recorder(launch_standins, tm
     assert [n.kwargs["executable"] for n in nodes] == ["sim_node", "recorder"]
     twin = nodes[0].kwargs["parameters"][-1]
     assert twin["task"] == "lift_pot" and twin["operator"] == "scripted" and twin["seed"] == 4
-    assert twin["recorder_control"] is True and twin["episodes"] == 3
+    # the twin plays on until the recorder has saved 3 (an aborted attempt does not count)
+    assert twin["recorder_control"] is True and twin["episodes"] == 0
     recorder = nodes[1].kwargs["parameters"]
     assert recorder[0].endswith("recorder.yaml")
     assert recorder[-1]["dataset_root"] == str(tmp_path / "ds") and recorder[-1]["episodes"] == 3
+    assert recorder[-1]["exit_when_done"] is True
     assert recorder[-1]["task"].startswith("Lift the pot")
 
 
