@@ -178,13 +178,16 @@ def launch_record(
     seed: int = typer.Option(0, help="sim: first episode's seed."),
     keys: str = typer.Option("auto", help="Key/pedal helper's terminal: auto, none, or a command ('xterm -e')."),
     keymap: str = typer.Option("", help="Key map YAML for the helper (teleop/pedal.yaml for a pedal)."),
+    robot_config: Optional[str] = typer.Option(None, help="Robot YAML (default: config/robot.yaml)."),
+    camera_config: Optional[str] = typer.Option(None, help="Cameras YAML (default: the task's, else "
+                                                           "config/cameras.yaml)."),
 ):
     """What ``ros2 launch sf_bringup record.launch.py`` starts; episodes from /recorder/command (record_keys)."""
     from .bringup import record_nodes
 
     specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
-                         max_duration_s=max_duration_s, bag_root=bag_root, link=link,
-                         keys=keys, keymap=keymap)
+                         max_duration_s=max_duration_s, bag_root=bag_root, link=link, robot_config=robot_config,
+                         camera_config=camera_config, keys=keys, keymap=keymap)
     recorder = next(s for s in specs if s.executable == "recorder")
     helper = "the key helper's window" if any(s.executable == "record_keys" for s in specs) else "`record_keys`"
     console.print(f"recording {task} into {recorder.parameters['dataset_root']}; start/stop with {helper} "
@@ -200,11 +203,16 @@ def launch_policy(
     remote: str = typer.Option("", help="A policy server URL (sf serve) instead of a local model."),
     dry_run: bool = typer.Option(False, help="Commands on /policy/dry_run/... only."),
     seed: int = typer.Option(0, help="sim: the scene's seed."),
+    robot_config: Optional[str] = typer.Option(None, help="Robot YAML: the drivers' and the safety filter's "
+                                                          "limits (default: config/robot.yaml)."),
+    camera_config: Optional[str] = typer.Option(None, help="Cameras YAML (default: the task's, else "
+                                                           "config/cameras.yaml)."),
 ):
     """What ``ros2 launch sf_bringup policy.launch.py`` starts; Ctrl-C stops."""
     from .bringup import policy_nodes
 
-    specs = policy_nodes(task, sim=sim, checkpoint=checkpoint, remote=remote, dry_run=dry_run, seed=seed)
+    specs = policy_nodes(task, sim=sim, checkpoint=checkpoint, remote=remote, dry_run=dry_run, seed=seed,
+                         robot_config=robot_config, camera_config=camera_config)
     console.print(f"running the {task} policy{' on the twin' if sim else ''}; /policy/estop holds the arms; "
                   "Ctrl-C stops")
     _run_graph(specs)

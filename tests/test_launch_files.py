@@ -203,3 +203,52 @@ def test_record_launch_opens_the_key_helper_in_a_terminal(launch_standins, monke
     assert headless[-1].kwargs["executable"] == "recorder"
     _, twin = evaluate("record.launch.py", sim="true", keys="xterm -e")  # the scripted operator drives
     assert "record_keys" not in [n.kwargs["executable"] for n in twin]
+
+
+# -- one plan, two runners: every launch argument starts the same nodes under `sf launch` --------
+
+ROBOT, ROBOT_SIM, CAMERAS = (str(BRINGUP / "config" / n) for n in ("robot.yaml", "robot_sim.yaml", "cameras.yaml"))
+PARITY = {  # launch file -> (sf launch command, argument sets covering every argument)
+    "drivers.launch.py": ("drivers", [{}, {"sim": "true"}, {"mode": "teleop"},
+                                      {"sim": "true", "mode": "teleop", "robot_config": ROBOT_SIM},
+                                      {"camera_config": CAMERAS}]),
+    "record.launch.py": ("record", [{"keys": "none"}, {"keys": "none", "robot_config": ROBOT, "camera_config": CAMERAS},
+                                    {"sim": "true", "episodes": "3", "seed": "4", "max_duration_s": "5",
+                                     "bag_root": "/tmp/bags", "dataset_root": "/tmp/ds"},
+                                    {"sim": "true", "link": "software"}, {"keys": "xterm -e", "keymap": "pedal.yaml"},
+                                    {"task": "stack_cups", "keys": "none", "link": "software"}]),
+    "policy.launch.py": ("policy", [{"checkpoint": "/tmp/ckpt"}, {"remote": "http://127.0.0.1:8000"},
+                                    {"sim": "true", "checkpoint": "/tmp/ckpt", "dry_run": "true", "seed": "2"},
+                                    {"checkpoint": "/tmp/ckpt", "robot_config": ROBOT, "camera_config": CAMERAS},
+                                    {"task": "place_block", "checkpoint": "/tmp/ckpt"}]),
+}
+
+
+def _cli_flags(args: dict) -> list[str]:
+    flags = []
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value == "true" else [f"--no-{name.replace('_', '-')}"] if value == "false" \
+            else [flag, value]
+    return flags
+
+
+@pytest.mark.parametrize("launch_file", list(PARITY))
+def test_ros2_launch_and_sf_launch_start_the_same_nodes_for_every_argument(launch_standins, monkeypatch, launch_file):
+    from typer.testing import CliRunner
+
+    import sf_policy.cli as cli
+
+    command, cases = PARITY[launch_file]
+    declared, _ = evaluate(launch_file, **({"checkpoint": "/tmp/ckpt"} if command == "policy" else {}))
+    covered = set().union(*cases)
+    assert covered >= set(declared), f"arguments not compared: {set(declared) - covered}"
+    for args in cases:
+        _, nodes = evaluate(launch_file, **args)
+        started = []
+        monkeypatch.setattr(cli, "_run_graph", lambda specs, *a, **k: started.extend(specs))
+        result = CliRunner().invoke(cli.app, ["launch", command, *_cli_flags(args)])
+        assert result.exit_code == 0, (args, result.output)
+        assert nodes and [(n.kwargs["executable"], n.kwargs["name"], n.kwargs["parameters"], n.kwargs.get("prefix"))
+                          for n in nodes] == \
+            [(s.executable, s.name, [*s.params_files, s.parameters], s.prefix or None) for s in started], args
