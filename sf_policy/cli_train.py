@@ -49,13 +49,10 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
             resume: Optional[Path] = typer.Option(None, help="A run directory or checkpoint to continue."),
             progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Train; checkpoints, TensorBoard logs and metrics.jsonl go to <output_dir>/<name>/."""
-    from .train.data import check_dataset
     from .train.loop import Trainer
 
     with _refusals():  # a mistake found before the first step is one line, not a traceback
         cfg = _config(config, overrides or [])
-        if cfg.data.root:
-            check_dataset(cfg.data.root)  # before the teacher cache is built on it
         if cfg.aligned and cfg.teacher.mode == "cache" and resume is None:
             _ensure_cache(cfg)
         trainer = Trainer(cfg, resume=resume, progress=progress)
@@ -155,13 +152,18 @@ def _ensure_cache(cfg, device: str = "auto") -> Path:
     import torch
     from accelerate import PartialState
 
-    from .teacher.cache import IncompleteCacheError
+    from .teacher.cache import CacheError, IncompleteCacheError
+    from .train.data import check_dataset
     from .train.distributed import launched_processes
     from .train.targets import build_cache, open_cache, vla_grid
 
     if not cfg.data.root:
         raise typer.BadParameter("set data.root=<dataset directory>")
     settings = {"grid": vla_grid(cfg.policy), "dim": cfg.align.teacher_dim}
+    try:
+        return open_cache(cfg.data.root, cfg.teacher, **settings).path  # complete: nothing to compute
+    except CacheError:
+        check_dataset(cfg.data.root)  # the teacher is about to run on it: not on a damaged dataset
     if launched_processes() == 1:
         return build_cache(cfg.data.root, cfg.teacher, device=device, **settings).path
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -218,9 +218,10 @@ class ResumableBatches(Sampler[list[int]]):
             yield batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        share = self.batch_size // self.processes
+        from .distributed import own_rows
+
         for batch in self.global_batches():
-            yield batch[self.rank * share:(self.rank + 1) * share]
+            yield own_rows(batch, self.rank, self.processes)
 
     def __len__(self) -> int:  # DataLoader asks; the stream is endless, the trainer counts steps
         return 2**31

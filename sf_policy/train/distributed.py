@@ -58,11 +58,9 @@ def make_accelerator(mixed_precision: str, grad_accum: int, log_with: list[str],
 
     launched = launched_processes()
     cpu = launched > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                              log_with=log_with, project_dir=project_dir, cpu=cpu,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
-    check_world(accelerator, launched)
-    return accelerator
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       log_with=log_with, project_dir=project_dir, cpu=cpu,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))  # the trainer checks it
 
 
 def check_world(accelerator, launched: int | None = None) -> None:
@@ -92,10 +90,11 @@ def per_process_batch(batch_size: int, grad_accum: int, processes: int) -> int:
                      f"optim.grad_accum / process count")
 
 
-def own_rows(draw: torch.Tensor, rank: int, processes: int) -> torch.Tensor:
-    """This process's rows of a draw made for the whole micro-batch (see the module docstring)."""
-    size = draw.shape[0] // processes
-    return draw[rank * size:(rank + 1) * size]
+def own_rows(rows, rank: int, processes: int):
+    """This process's equal share of a micro-batch's rows (sample indices, or a draw made for the
+    whole micro-batch: see the module docstring)."""
+    size = len(rows) // processes
+    return rows[rank * size:(rank + 1) * size]
 
 
 def check_resume(saved: dict, processes: int, distributed_type: str, checkpoint) -> str | None:
