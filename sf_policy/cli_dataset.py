@@ -136,3 +136,31 @@ def from_bag_cmd(
     console.print(table)
     console.print(f"frames {summary.frames}   drops {summary.drops}   "
                   f"camera skew mean {summary.skew_ms_mean:.1f} ms, max {summary.skew_ms_max:.1f} ms")
+
+
+@app.command("repair-bag")
+def repair_bag_cmd(
+    bags: list[Path] = typer.Argument(..., help="Bag directories left without metadata.yaml (recorder killed)."),
+    keep_original: bool = typer.Option(True, help="Keep the truncated file as <name>.mcap.truncated."),
+):
+    """Recover bags whose recorder died mid-episode: every message that reached the disk is
+    rewritten into a bag rosbags and `ros2 bag` open, with the prompt the recorder kept."""
+    from .record.bag import BagError
+    from .record.repair import repair_bag
+
+    failed = False
+    for bag in bags:
+        try:
+            summary = repair_bag(bag, keep_original=keep_original)
+        except (BagError, OSError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            failed = True
+            continue
+        if not summary.repaired:
+            console.print(f"{escape(str(bag))}: complete (has metadata.yaml): nothing to repair")
+            continue
+        tail = f"; stopped at the crash: {summary.stopped_at}" if summary.stopped_at else ""
+        kept = f"; the original is kept as {summary.kept.name}" if summary.kept else ""
+        console.print(f"[green]repaired[/green] {escape(str(bag))}: {summary.messages} messages on "
+                      f"{summary.topics} topics recovered{escape(tail)}{escape(kept)}")
+    raise typer.Exit(2 if failed else 0)

@@ -45,6 +45,11 @@ STARTED_KEY = "sf.episode_started_ns"  # frames whose time is earlier were not p
 DATASET_KEY = "sf.dataset"
 EPISODE_KEY = "sf.episode"
 OUTCOME_KEY = "sf.outcome"  # "recorded", "interrupted" (recorder closed mid-episode), "discarded" (if kept)
+# rosbag2 writes metadata.yaml (and custom_data with it) only when a bag closes: a recorder
+# killed mid-episode would lose the prompt. So the custom data also lives in this file beside
+# the .mcap while the bag is open; a clean close removes it (metadata.yaml then holds it), and
+# `sf dataset repair-bag` reads it back (sf_policy/record/repair.py).
+OPEN_BAG_DATA = "sf_open_bag.yaml"
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,7 @@ class RawBagWriter:
         self._connections = self._add_connections(topics)
         self._custom = dict(custom_data or {})
         self._lock = threading.Lock()
+        self._write_open_bag_data()
         self._backlog = 0
         self._backlog_bytes = 0
         self._closing = False
@@ -184,6 +190,19 @@ class RawBagWriter:
         """A string kept in the bag's metadata.yaml ``custom_data`` (written at close)."""
         with self._lock:
             self._custom[key] = str(value)
+        self._write_open_bag_data()
+
+    def _write_open_bag_data(self) -> None:
+        """The custom data so far, beside the .mcap (atomic: a kill leaves the old or the new)."""
+        with self._lock:
+            text = yaml.safe_dump({"custom_data": dict(self._custom)}, sort_keys=True)
+        target = self.path / OPEN_BAG_DATA
+        try:
+            partial = target.with_suffix(".partial")
+            partial.write_text(text)
+            partial.replace(target)
+        except OSError as error:  # the bag itself reports a failing disk; the prompt is a copy
+            log.warning("raw bag %s: cannot write %s: %s", self.path, target.name, error)
 
     @property
     def backlog(self) -> int:
@@ -265,6 +284,7 @@ class RawBagWriter:
                     for key, value in self._custom.items():
                         self._bag.set_custom_data(key, value)
                 self._bag.close()
+                (self.path / OPEN_BAG_DATA).unlink(missing_ok=True)
             else:
                 self._bag.abort()
         except Exception as error:
@@ -282,8 +302,8 @@ class RawBagWriter:
                     log.exception("raw bag %s: on_done callback failed", self.path)
 
     def _fail(self, what: str) -> None:
-        message = (f"raw bag {self.path}: {what}; the bag is incomplete (no metadata.yaml) "
-                   "and later messages are dropped")
+        message = (f"raw bag {self.path}: {what}; the bag is incomplete (no metadata.yaml: "
+                   "`sf dataset repair-bag` recovers what was written) and later messages are dropped")
         with self._lock:
             if self.summary.error is not None:
                 return  # the first error is the one that explains the rest
@@ -324,6 +344,9 @@ class EpisodeBags:
         self._finishing: list[RawBagWriter] = []
         self.kept: list[Path] = []
         self.last_error = ""
+        for left in sorted(p for p in self.bag_root.glob("*") if p.is_dir() and needs_repair(p)):
+            self._log(f"raw bag {left}: never closed (a recorder was killed mid-episode); "
+                      f"`sf dataset repair-bag {left}` recovers it")
 
     def follow(self, state: str, episode: int, prompt: str = "", started_ns: int | None = None) -> None:
         try:
@@ -395,6 +418,19 @@ class EpisodeBags:
     def _error(self, message: str) -> None:
         self.last_error = message
         self._log(message)
+
+
+def needs_repair(bag: str | Path) -> bool:
+    """A bag directory with an .mcap file but no metadata.yaml: its writer never closed it."""
+    bag = Path(bag)
+    return not (bag / "metadata.yaml").is_file() and any(bag.glob("*.mcap"))
+
+
+def check_closed(bag: Path) -> None:
+    """Refuse a bag its writer never closed, saying how to recover it."""
+    if needs_repair(bag):
+        raise BagError(f"{bag}: the bag was never closed (no metadata.yaml: the recorder was killed or its disk "
+                       f"filled up); `sf dataset repair-bag {bag}` recovers what reached the disk")
 
 
 def bag_custom_data(bag: str | Path) -> dict[str, str]:
@@ -496,6 +532,7 @@ def _convert_one(bag: Path, sink: _DatasetSink, task: str | None, progress: bool
 def bag_prompt(bag: str | Path, task: str | None = None) -> str:
     """``task`` if given, else the prompt the recorder kept in the bag (an error naming the bag if none)."""
     bag = Path(bag)
+    check_closed(bag)
     custom = bag_custom_data(bag) if (bag / "metadata.yaml").exists() else {}
     prompt = task or custom.get(PROMPT_KEY, "")
     if not prompt:
@@ -564,6 +601,7 @@ class _open_reader:
         self.reader = None
 
     def __enter__(self):
+        check_closed(self.bag)
         try:
             self.reader = Reader(self.bag)
             self.reader.open()
