@@ -21,21 +21,25 @@ console = Console()
 def validate_cmd(
     root: Path = typer.Argument(..., help="Dataset root (the folder holding meta/, data/, videos/)."),
     videos: bool = typer.Option(True, help="Open every video and check its frame count and times."),
+    strict: bool = typer.Option(False, help="Exit 1 on warnings too (episodes recorded below the dataset's rate)."),
 ):
-    """Check the layout, metadata, frame indices, timestamps and videos; exit 1 on any problem."""
-    from .data.validate import validate
+    """Check the layout, metadata, frame indices, timestamps and videos; exit 1 on any problem.
+    Warnings (an episode whose cameras delivered less than the dataset's fps) exit 0 unless --strict."""
+    from .data.validate import validate_with_warnings
 
-    problems = validate(root, videos=videos)
+    problems, warnings = validate_with_warnings(root, videos=videos)
+    for title, found, style in ((f"{len(problems)} problem(s) in {root}", problems, "red"),
+                                (f"{len(warnings)} warning(s) in {root}", warnings, "yellow")):
+        if found:
+            table = Table(title=f"[{style}]{escape(title)}[/{style}]")
+            for col in ("file", "field", "problem" if found is problems else "warning"):
+                table.add_column(col, overflow="fold")
+            for p in found:
+                table.add_row(escape(p.path), escape(p.field), escape(p.message))
+            console.print(table)
     if not problems:
-        console.print(f"[green]valid[/green]: {root}")
-        raise typer.Exit(0)
-    table = Table(title=f"{len(problems)} problem(s) in {root}")
-    for col in ("file", "field", "problem"):
-        table.add_column(col, overflow="fold")
-    for p in problems:
-        table.add_row(p.path, p.field, p.message)
-    console.print(table)
-    raise typer.Exit(1)
+        console.print(f"[green]valid[/green]: {escape(str(root))}" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    raise typer.Exit(1 if problems or (strict and warnings) else 0)
 
 
 @app.command("info")

@@ -28,14 +28,17 @@ from .features import (
     INDEX,
     INFO_PATH,
     STATE,
+    STAMPS,
     STATS_PATH,
     TASKS_PATH,
     TOLERANCE_S,
     VIDEO_DIR,
     DatasetError,
     numeric_keys,
+    role_of,
     video_keys,
 )
+from .rates import measured_rates, shortfalls
 from .reader import REQUIRED_INFO_FIELDS, data_file, episode_files, load_episode_rows, load_tasks, video_file
 from .video import probe
 
@@ -60,15 +63,23 @@ def validate(root: Path | str, videos: bool = True) -> list[Problem]:
     return _Checker(Path(root), videos).run()
 
 
+def validate_with_warnings(root: Path | str, videos: bool = True) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings). A warning is data that loads and trains but is not what its
+    metadata says: an episode recorded below the dataset's rate (sf_policy/data/rates.py)."""
+    checker = _Checker(Path(root), videos)
+    return checker.run(), checker.warnings
+
+
 class _Checker:
     def __init__(self, root: Path, videos: bool):
         self.root, self.videos = root, videos
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
-    def add(self, path: str | Path, field: str, message: str) -> None:
+    def add(self, path: str | Path, field: str, message: str, warning: bool = False) -> None:
         path = Path(path)
         rel = path.relative_to(self.root) if path.is_absolute() and path.is_relative_to(self.root) else path
-        self.problems.append(Problem(str(rel), field, message))
+        (self.warnings if warning else self.problems).append(Problem(str(rel), field, message))
 
     def run(self) -> list[Problem]:
         self.info = self.load_info()
@@ -269,6 +280,14 @@ class _Checker:
                                         f"do not match its tasks {row.get('tasks')}")
         for key in (k for k in (STATE, ACTION) if k in table.column_names):
             self.check_values(rel, key, np.stack(table.column(key).to_numpy(zero_copy_only=False)[mask]), row)
+        if STAMPS in table.column_names:
+            self.check_rate(rel, np.stack(table.column(STAMPS).to_numpy(zero_copy_only=False)[mask]), ep)
+
+    def check_rate(self, rel: str, stamps: np.ndarray, ep: int) -> None:
+        """From the header stamps, not the stored rates: datasets written before them are checked too."""
+        cameras = [role_of(k) for k in video_keys(self.features)]
+        for message in shortfalls(measured_rates(stamps, cameras), self.fps):
+            self.add(rel, STAMPS, f"episode {ep}: {message}", warning=True)
 
     def check_values(self, rel: str, key: str, values: np.ndarray, row: dict) -> None:
         """Finite, and equal to the statistics saved with the episode: the data of a file whose bytes

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import threading
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import rates as rates_mod
 from . import stats as stats_mod
 from .features import (
     ACTION,
@@ -90,6 +92,8 @@ class EpisodeSummary:
     from_index: int
     to_index: int
     duration_s: float
+    #: Cameras that delivered less than the dataset's rate (sf_policy/data/rates.py), in words.
+    rate_warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,9 +294,9 @@ def data_schema(features: dict) -> pa.Schema:
 SIM_SEED = "sim/seed"
 
 
-def episode_schema(features: dict, sim: bool = False) -> pa.Schema:
-    """A meta/episodes row, with the columns LeRobot writes, in its order (and ``sim/seed`` last
-    for an episode recorded in the twin)."""
+def episode_schema(features: dict, sim: bool = False, rates: bool = False) -> pa.Schema:
+    """A meta/episodes row, with the columns LeRobot writes, in its order, then ours: each
+    camera's measured rate (``rates``) and ``sim/seed`` for an episode recorded in the twin."""
     i64, f64 = pa.int64(), pa.float64()
     fields = [("episode_index", i64), ("tasks", pa.list_(pa.string())), ("length", i64),
               ("data/chunk_index", i64), ("data/file_index", i64), ("dataset_from_index", i64),
@@ -303,6 +307,8 @@ def episode_schema(features: dict, sim: bool = False) -> pa.Schema:
     for key in stats_features(features):
         fields += [(f"stats/{key}/{stat}", _stat_type(features[key], stat)) for stat in stats_mod.STAT_KEYS]
     fields += [("meta/episodes/chunk_index", i64), ("meta/episodes/file_index", i64)]
+    if rates:
+        fields += [(rates_mod.COLUMN.format(role=role_of(key)), f64) for key in video_keys(features)]
     if sim:
         fields.append((SIM_SEED, i64))
     return pa.schema(fields)
@@ -526,7 +532,8 @@ class DatasetWriter:
             table = episode.build_table(index, from_index, task_index)
             columns = {k: column_to_numpy(table.column(k), self.features[k]) for k in numeric_keys(self.features)}
             ep_stats = {k: stats_mod.vector_stats(v) for k, v in columns.items()} | episode.image_stats()
-            row = self._episode_row(index, from_index, episode, ep_stats)
+            rates = rates_mod.measured_rates(columns[STAMPS], self.camera_roles) if STAMPS in columns else {}
+            row = self._episode_row(index, from_index, episode, ep_stats, rates)
             info = self._info_with(index + 1, from_index + episode.num_frames, len(tasks))
             dataset_stats = self._dataset_stats(columns, ep_stats)
             targets = self._stage(episode, table, row, tasks if new_task else None, dataset_stats, info)
@@ -534,7 +541,8 @@ class DatasetWriter:
             self._remember(row, ep_stats, columns, tasks, info)
         return EpisodeSummary(episode_index=index, length=episode.num_frames, task=episode.task,
                               from_index=from_index, to_index=from_index + episode.num_frames,
-                              duration_s=episode.num_frames / self.fps)
+                              duration_s=episode.num_frames / self.fps,
+                              rate_warnings=tuple(rates_mod.shortfalls(rates, self.fps)))
 
     def _stage(self, episode: Episode, table: pa.Table, row: dict, tasks: dict[str, int] | None,
                dataset_stats: dict, info: dict) -> list[tuple[str, Path, Path]]:
@@ -549,7 +557,7 @@ class DatasetWriter:
         if tasks is not None:
             _write_parquet(staged / "tasks.parquet", tasks_table(tasks))
             targets.append(("tasks", staged / "tasks.parquet", self.root / TASKS_PATH))
-        schema = episode_schema(self.features, sim=SIM_SEED in row)
+        schema = episode_schema(self.features, sim=SIM_SEED in row, rates=self._keeps_rates)
         _write_parquet(staged / "episode.parquet", pa.Table.from_pylist([row], schema=schema))
         targets.append(("meta", staged / "episode.parquet", self.root / EPISODES_PATH.format(**loc)))
         _write_json(staged / "stats.json", stats_mod.to_jsonable(dataset_stats))
@@ -569,7 +577,15 @@ class DatasetWriter:
         except OSError as exc:  # writing the plan or starting the committer: no rename was done
             raise DatasetError(f"{plan}: {exc}; nothing was committed (is the disk full?)") from None
 
-    def _episode_row(self, index: int, from_index: int, episode: Episode, ep_stats: dict) -> dict:
+    @property
+    def _keeps_rates(self) -> bool:
+        """Measured rates go into every meta/episodes row of a dataset that has stamps, except
+        when appending to one whose episodes were written without them (one schema per dataset)."""
+        column = rates_mod.COLUMN.format(role=rates_mod.PIVOT)
+        return STAMPS in self.features and (not self._rows or column in self._rows[0])
+
+    def _episode_row(self, index: int, from_index: int, episode: Episode, ep_stats: dict,
+                     rates: dict[str, float]) -> dict:
         loc = episode_location(index, self.info["chunks_size"])
         n = episode.num_frames
         row = {"episode_index": index, "tasks": [episode.task], "length": n,
@@ -581,6 +597,8 @@ class DatasetWriter:
         for key in stats_features(self.features):
             row |= {f"stats/{key}/{stat}": np.asarray(v).tolist() for stat, v in ep_stats[key].items()}
         row |= {"meta/episodes/chunk_index": loc["chunk_index"], "meta/episodes/file_index": loc["file_index"]}
+        if self._keeps_rates:  # NaN where it cannot be told (one frame, a camera left out)
+            row |= rates_mod.rate_columns({role: rates.get(role, math.nan) for role in self.camera_roles})
         if episode.sim_seed is not None:
             row[SIM_SEED] = episode.sim_seed
         return row

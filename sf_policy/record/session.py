@@ -205,6 +205,8 @@ class RecordingSession:
     def _saved(self, summary) -> None:
         self.saved.append({"episode_index": summary.episode_index, "length": summary.length, "task": summary.task})
         self.log(f"saved episode {summary.episode_index} ({summary.length} frames)")
+        for warning in summary.rate_warnings:
+            self.log(f"episode {summary.episode_index}: {warning}")
 
     def _save_failed(self, error: Exception) -> None:
         self.last_error = f"saving failed: {error}"

@@ -11,6 +11,8 @@ demonstrations rather than to neighbouring frames of a seen one.
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 from typing import Iterator
 
@@ -90,9 +92,14 @@ def check_dataset(root: str | Path) -> None:
     in tracebacks naming no file, a misleading "teacher cache incomplete", or a silent run on
     two cameras."""
     from ..data.features import DatasetError
-    from ..data.validate import validate
+    from ..data.validate import validate_with_warnings
 
-    problems = validate(root, videos=False)
+    problems, warnings = validate_with_warnings(root, videos=False)
+    if warnings:  # trainable, but the user should know what the policy will learn from
+        shown = "; ".join(w.message for w in warnings[:3])
+        more = f" (and {len(warnings) - 3} more)" if len(warnings) > 3 else ""
+        logging.getLogger(__name__).warning("%s: %d episode(s) recorded below the dataset's rate: %s%s", root,
+                                            len(warnings), shown, more)
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:5])
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
