@@ -77,6 +77,25 @@ def task_config(task: str, share: Path | None = None) -> dict[str, Any]:
     return data
 
 
+def task_prompt(task: str, scene: dict[str, Any] | None = None, share: Path | None = None) -> str:
+    """The instruction for ``task``, from config/tasks/<task>.yaml, the one place prompts live.
+
+    ``scene``: in the twin, the scene's variant (its ``info``): a task whose scenes differ in
+    what the instruction must name (grasp_vegetable: which of three vegetables) has a
+    ``sim_prompt`` template filled from it; the twin publishes each scene's prompt on
+    ``topics.PROMPT``, which the policy node follows, so training and deployment in the twin
+    see the same text. Every other task, in the twin and on the robot: ``prompt``."""
+    config = task_config(task, share)
+    template = config.get("sim_prompt") if scene is not None else None
+    if not template:
+        return config["prompt"]
+    try:
+        return str(template).format(**scene)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError((share or bringup_share()) / "config" / "tasks" / f"{task}.yaml", "sim_prompt",
+                          f"cannot be filled from the scene {sorted(scene)}: {error}") from None
+
+
 LINKS = ("hardware", "software")
 
 

@@ -73,3 +73,8 @@ RECORDER_COMMAND = "/recorder/command"
 #: std_msgs/String, JSON: state, episode, duration, measured rate, drops, backlog, last error (2 Hz).
 RECORDER_STATUS = "/recorder/status"
 RECORDER_COMMANDS: tuple[str, ...] = ("start", "stop", "discard", "rerecord")
+
+#: std_msgs/String, latched (reliable, transient local, depth 1): the instruction the policy node
+#: follows from now on, replacing its ``prompt`` parameter. The twin publishes each scene's
+#: prompt here; an operator may too (``ros2 topic pub --once /sf/prompt std_msgs/String ...``).
+PROMPT = "/sf/prompt"

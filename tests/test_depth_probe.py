@@ -78,7 +78,7 @@ def test_twin_frames_have_metric_depth_per_camera_and_split_by_episode(frames):
     assert frames.roles == CAMERA_ROLES
     assert frames.images.shape == (6, 3, 48, 64, 3) and frames.images.dtype == np.uint8
     assert frames.depth.shape == (6, 3, 48, 64) and frames.depth.dtype == np.float32
-    assert frames.meta["task"] == "lift_pot" and frames.prompts[0].startswith("lift the pot")
+    assert frames.meta["task"] == "lift_pot" and frames.prompts[0] == "Lift the pot by both handles and hold it level."
     train, test = frames.split(1)
     assert set(frames.episode[train]) == {0} and set(frames.episode[test]) == {1}
     with pytest.raises(ValueError):

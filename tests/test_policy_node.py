@@ -63,7 +63,9 @@ def test_policy_node_drives_the_twin_closed_loop(ros, tmp_path):
     from sf_policy.launcher import Launch
 
     checkpoint = tiny_checkpoint(tmp_path)
-    specs = policy_nodes("lift_pot", sim=True, checkpoint=str(checkpoint))
+    # grasp_vegetable: the twin names each scene's vegetable and publishes that prompt on
+    # /sf/prompt; the node must follow it instead of its launch-time prompt (the robot's).
+    specs = policy_nodes("grasp_vegetable", sim=True, checkpoint=str(checkpoint))
     commands = Listener(ros, JointState, topics.arm_command("left"), COMMAND_QOS)
     puppet = Listener(ros, JointState, topics.puppet_state("left"), SENSOR_QOS)
     log: list[str] = []
@@ -80,6 +82,7 @@ def test_policy_node_drives_the_twin_closed_loop(ros, tmp_path):
     states = puppet.positions()
     assert np.abs(states[-1] - states[0]).max() > 1e-3, "the twin's arm did not move under the policy's commands"
     assert any("policy from" in line for line in log)
+    assert any("prompt from /sf/prompt: 'pick up the" in line for line in log), log
 
 
 # -- the node in-process, with stand-in sensors
@@ -119,6 +122,29 @@ def start_node(ros, infer, **params):
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     return node
+
+
+def test_the_node_follows_the_prompt_topic(ros):
+    """/sf/prompt is latched: a prompt published before the node starts reaches it; a later
+    one replaces it for the next chunk; an empty one is ignored."""
+    from std_msgs.msg import String
+    from sf_nodes.common import PROMPT_QOS
+
+    Sensors(ros)
+    publisher = ros.node("prompter").create_publisher(String, topics.PROMPT, PROMPT_QOS)
+    publisher.publish(String(data="pick up the carrot with the right gripper"))
+    seen: list[str] = []
+
+    def infer(sample):
+        seen.append(sample["prompt"])
+        return holding_chunk(sample)
+
+    node = start_node(ros, infer)
+    wait_for(lambda: "pick up the carrot with the right gripper" in seen, timeout=20, what="the latched prompt")
+    publisher.publish(String(data=""))
+    publisher.publish(String(data="Stack the cup on the other cup."))
+    wait_for(lambda: seen[-1] == "Stack the cup on the other cup.", timeout=20, what="the new prompt")
+    assert "" not in seen and node.prompt == "Stack the cup on the other cup."
 
 
 def holding_chunk(sample) -> np.ndarray:

@@ -69,6 +69,34 @@ def test_vegetable_target_varies_lies_right_and_is_named(twins):
     assert len(targets) >= 2
 
 
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_the_twin_records_the_prompt_the_launch_files_deploy(twins, name):
+    """One source: config/tasks/<task>.yaml. The twin's prompt is what policy.launch.py gives the
+    policy node, or (a task whose scenes name their object) what the twin publishes on /sf/prompt."""
+    from sf_policy.bringup import policy_nodes, task_config
+
+    twin = twins[name]
+    twin.reset(3)
+    deployed = next(s for s in policy_nodes(name, sim=True, checkpoint="c") if s.name == "policy").parameters["prompt"]
+    config = task_config(name)
+    assert deployed == config["prompt"]
+    if "sim_prompt" in config:
+        assert twin.info["prompt"] == config["sim_prompt"].format(**twin.info)
+    else:
+        assert twin.info["prompt"] == deployed
+
+
+def test_a_sim_prompt_that_the_scene_cannot_fill_names_the_file(tmp_path):
+    from sf_policy.bringup import task_prompt
+    from sf_policy.config import ConfigError
+
+    (tmp_path / "config" / "tasks").mkdir(parents=True)
+    (tmp_path / "config" / "tasks" / "t.yaml").write_text('prompt: "Pick it."\nsim_prompt: "pick the {colour} one"\n')
+    assert task_prompt("t", share=tmp_path) == "Pick it."
+    with pytest.raises(ConfigError, match=r"t.yaml.*sim_prompt.*\['target'\]"):
+        task_prompt("t", {"target": "carrot"}, share=tmp_path)
+
+
 def test_platform_height_varies(twins):
     twin = twins["place_block"]
     tops = set()

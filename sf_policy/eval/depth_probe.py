@@ -133,7 +133,7 @@ def collect_twin_frames(task: str = "lift_pot", episodes: int = 6, seed: int = 0
         for s in range(seed, seed + episodes):
             twin.reset(s)
             expert = make_expert(twin)
-            prompt = twin.info.get("prompt") or twin.task.name
+            prompt = twin.info["prompt"]
             kept = 0
             while not twin.done():
                 if twin.tick % every == 0:

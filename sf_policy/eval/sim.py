@@ -143,7 +143,7 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
     at), which only privileged policies (``ExpertPlan``) read; ``policy_infer`` drops it."""
     runtime = runtime or RuntimeSettings()
     obs = twin.reset(seed)
-    prompt = twin.info.get("prompt") or twin.task.name
+    prompt = twin.info["prompt"]
     clock = ManualClock()
     model = _PacedModel(infer)
     scheduler = ChunkScheduler(model, period=PERIOD, execute_steps=runtime.execute_steps,

@@ -53,7 +53,7 @@ def record_expert(root: str | Path, task: str = "lift_pot", episodes: int = 2, s
 def _episode(writer: DatasetWriter, twin: Twin, seed: int, every: int, geometry: bool = False) -> bool:
     twin.reset(seed)
     expert = make_expert(twin)
-    episode = writer.begin_episode(twin.info.get("prompt") or twin.task.name, sim_seed=seed)
+    episode = writer.begin_episode(twin.info["prompt"], sim_seed=seed)
     depths = GeometryRecorder() if geometry else None
     depth_hw = depth_size(twin.height, twin.width)
     success = False

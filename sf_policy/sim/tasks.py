@@ -3,8 +3,9 @@ prompts and geometric success checks in the style of RoboTwin's.
 
 A task is a small object with: ``name``, ``step_limit`` (control ticks at 30 Hz),
 ``objects_xml()`` (MJCF bodies added to the scene), ``home()`` (14 joint values the arms
-start from), ``reset(twin, rng) -> info`` (place objects from the seed; ``info`` holds the
-prompt and any per-seed variant) and ``success(twin) -> bool``.
+start from), ``reset(twin, rng) -> info`` (place objects from the seed; ``info`` holds any
+per-seed variant) and ``success(twin) -> bool``. The prompt is not here: config/tasks/<task>.yaml
+holds every task's (``bringup.task_prompt``), and the twin adds it to ``info``.
 
 Objects are primitives with realistic sizes and masses. Everything a seed varies is drawn
 from ``rng`` in a fixed order, so a seed gives the same scene bit for bit. Placements stay
@@ -122,7 +123,7 @@ class LiftPot:
         x, y = rng.uniform(-0.04, 0.04), rng.uniform(-0.12, -0.04)
         yaw = rng.uniform(-0.15, 0.15)
         twin.set_free_body("pot", (x, y, TABLE_TOP_Z + self.height / 2 + SETTLE), yaw_quat(yaw))
-        return {"prompt": "lift the pot by both handles and hold it level"}
+        return {}
 
     def success(self, twin) -> bool:
         pot = twin.body_pos("pot")
@@ -165,8 +166,7 @@ class PlaceBlock:
         top = TABLE_TOP_Z + height
         set_mocap(twin, "platform", (*platform_xy, top - self.platform_depth / 2), yaw_quat(platform_yaw))
         twin.set_free_body("block", (*block_xy, TABLE_TOP_Z + self.block / 2 + SETTLE), yaw_quat(block_yaw))
-        return {"prompt": "put the green block on the platform", "platform_height": height,
-                "platform_top": top, "arm": "right" if side > 0 else "left"}
+        return {"platform_height": height, "platform_top": top, "arm": "right" if side > 0 else "left"}
 
     def platform_top(self, twin) -> float:
         return float(twin.data.mocap_pos[twin.model.body("platform").mocapid[0]][2] + self.platform_depth / 2)
@@ -221,7 +221,7 @@ class GraspVegetable:
             yaw = math.pi / 2 + rng.uniform(-0.5, 0.5)
             twin.set_free_body(veg.name, (*xy, TABLE_TOP_Z + veg.rest_z + SETTLE), yaw_quat(yaw))
         name = VEGETABLES[target].name
-        return {"prompt": f"pick up the {name} with the right gripper", "target": name}
+        return {"target": name}  # named in the prompt (sim_prompt of config/tasks/grasp_vegetable.yaml)
 
     def success(self, twin) -> bool:
         target = twin.info.get("target")
@@ -275,7 +275,7 @@ class StackCups:
         big_xy[0] *= side
         for name, xy in (("cup_small", small_xy), ("cup_big", big_xy)):
             twin.set_free_body(name, (*xy, TABLE_TOP_Z + SETTLE), yaw_quat(rng.uniform(-math.pi, math.pi)))
-        return {"prompt": "put the blue cup into the pink cup", "arm": "right" if side > 0 else "left"}
+        return {"arm": "right" if side > 0 else "left"}
 
     def success(self, twin) -> bool:
         small, big = twin.body_pos("cup_small"), twin.body_pos("cup_big")

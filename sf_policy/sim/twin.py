@@ -86,8 +86,15 @@ class Twin:
         self.master = start.copy()
         self._apply(start)
         self.info = dict(self.task.reset(self, rng) or {})
+        self.info["prompt"] = self.prompt_for(self.info)
         self._mj.mj_forward(self.model, self.data)
         return self.observe()
+
+    def prompt_for(self, scene: dict[str, Any]) -> str:
+        """The scene's instruction, from config/tasks/<task>.yaml: what the launch files deploy."""
+        from ..bringup import task_prompt
+
+        return task_prompt(self.task.name, scene)
 
     def _set_puppet(self, q14: np.ndarray) -> None:
         for k, side in enumerate(SIDES):

@@ -26,6 +26,7 @@ import numpy as np
 from builtin_interfaces.msg import Duration
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -36,8 +37,8 @@ from sf_policy.record.images import image_to_rgb
 from sf_policy.runtime.safety import SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
 
-from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
-                     ordered_positions, publish_diagnostics, run_node, stamp_to_ns)
+from .common import (COMMAND_QOS, ERROR, OK, PROMPT_QOS, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher,
+                     header, ordered_positions, publish_diagnostics, run_node, stamp_to_ns)
 from .recorder import image_qos
 
 DRY_RUN_PREFIX = "/policy/dry_run"
@@ -110,6 +111,7 @@ class PolicyNode(LifecycleNode):
         for side in SIDES:
             self.create_subscription(JointState, topics.puppet_state(side),
                                      lambda m, s=side: self.states.__setitem__(s, m), SENSOR_QOS)
+        self.create_subscription(String, topics.PROMPT, self._on_prompt, PROMPT_QOS)
         prefix = DRY_RUN_PREFIX if self.dry_run else ""
         self._cmd_pubs = {s: self.create_publisher(JointState, prefix + topics.arm_command(s), COMMAND_QOS)
                           for s in SIDES}
@@ -121,6 +123,14 @@ class PolicyNode(LifecycleNode):
         self.create_timer(1.0, self._publish_diagnostics)
         if self.autostart:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    def _on_prompt(self, msg: String) -> None:
+        prompt = msg.data.strip()
+        if not prompt:
+            self.get_logger().warning(f"{topics.PROMPT}: an empty prompt was ignored; still following {self.prompt!r}")
+        elif prompt != self.prompt:
+            self.prompt = prompt  # the next observation carries it
+            self.get_logger().info(f"prompt from {topics.PROMPT}: {prompt!r}")
 
     def _autostart(self) -> None:
         self._autostart_timer.cancel()

@@ -38,8 +38,8 @@ from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, SIDES
 from sf_policy.sim.twin import CONTROL_HZ, Twin
 
 from .camera_driver import camera_info_msg, image_msg
-from .common import (COMMAND_QOS, ERROR, IMAGE_QOS, OK, SENSOR_QOS, diagnostic_status, diagnostics_publisher,
-                     header, ordered_positions, publish_diagnostics, run_node, stale_reason)
+from .common import (COMMAND_QOS, ERROR, IMAGE_QOS, OK, PROMPT_QOS, SENSOR_QOS, diagnostic_status,
+                     diagnostics_publisher, header, ordered_positions, publish_diagnostics, run_node, stale_reason)
 
 EPISODE_TOPIC = "/sim/episode"
 RECORDER_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -95,6 +95,7 @@ class SimNode(Node):
         self._depth_pubs = ({r: self.create_publisher(Image, topics.camera_depth(r), IMAGE_QOS) for r in self.roles}
                             if self.depth else {})
         self._episode_pub = self.create_publisher(String, EPISODE_TOPIC, EPISODE_QOS)
+        self._prompt_pub = self.create_publisher(String, topics.PROMPT, PROMPT_QOS)
         self._diag_pub = diagnostics_publisher(self)
         for side in SIDES:
             self.create_subscription(JointState, topics.arm_command(side),
@@ -155,7 +156,9 @@ class SimNode(Node):
         self._expert = self._make_expert(twin)
         with self._lock:
             self._commands.clear()
-        self.get_logger().info(f"episode: task {self.task}, seed {self.seed}: {twin.info.get('prompt', '')}")
+        self.get_logger().info(f"episode: task {self.task}, seed {self.seed}: {twin.info['prompt']}")
+        # The scene's own instruction (grasp_vegetable names its vegetable) for the policy node.
+        self._prompt_pub.publish(String(data=twin.info["prompt"]))
         return twin
 
     def _make_expert(self, twin: Twin):
@@ -235,7 +238,7 @@ class SimNode(Node):
         if not self._recorder_ready():
             self.get_logger().info(f"waiting for the recorder on {topics.RECORDER_STATUS} to hear every stream")
             self._hold(twin, until=self._recorder_ready)
-        command = String(data=f"start {twin.info.get('prompt', '')}".strip())
+        command = String(data=f"start {twin.info['prompt']}")
         # A command can be lost while discovery is still matching the recorder's subscription to
         # us: send again until its status says it records (a repeated start is refused, harmless).
         for attempt in range(5):
