@@ -30,14 +30,34 @@ class LaunchConfiguration:
         return context.launch_configurations[self.name]
 
 
+class ParameterValue:
+    def __init__(self, value, *, value_type=None):
+        self.value, self.value_type = value, value_type
+
+
+def _evaluated(parameters: list) -> list:
+    """What launch_ros hands the node. A plain string would be read as YAML by launch_ros
+    before Kilted ('a: b' fails, 'yes' is true): every string must come typed."""
+    out = []
+    for item in parameters:
+        if isinstance(item, dict):
+            plain = [k for k, v in item.items() if isinstance(v, str)]
+            assert not plain, f"string parameters not wrapped in ParameterValue(value_type=str): {plain}"
+            item = {k: v.value if isinstance(v, ParameterValue) else v for k, v in item.items()}
+        out.append(item)
+    return out
+
+
 class LifecycleNode(_Action):
-    def __init__(self, *, package, executable, name, namespace, **kwargs):  # launch_ros requires namespace here
-        super().__init__(package=package, executable=executable, name=name, namespace=namespace, **kwargs)
+    def __init__(self, *, package, executable, name, namespace, parameters=(), **kwargs):  # namespace: required
+        super().__init__(package=package, executable=executable, name=name, namespace=namespace,
+                         parameters=_evaluated(parameters), **kwargs)
 
 
 class Node(_Action):
-    def __init__(self, *, package, executable, name=None, **kwargs):
-        super().__init__(package=package, executable=executable, name=name, **kwargs)
+    def __init__(self, *, package, executable, name=None, parameters=(), **kwargs):
+        super().__init__(package=package, executable=executable, name=name, parameters=_evaluated(parameters),
+                         **kwargs)
 
 
 @pytest.fixture
@@ -50,6 +70,7 @@ def launch_standins(monkeypatch):
         "launch.events": types.ModuleType("launch.events"),
         "launch_ros": types.ModuleType("launch_ros"),
         "launch_ros.actions": types.ModuleType("launch_ros.actions"),
+        "launch_ros.parameter_descriptions": types.ModuleType("launch_ros.parameter_descriptions"),
     }
     mods["launch"].LaunchDescription = type("LaunchDescription", (_Action,), {})
     mods["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (_Action,), {})
@@ -62,6 +83,7 @@ def launch_standins(monkeypatch):
     mods["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
     mods["launch_ros.actions"].Node = Node
     mods["launch_ros.actions"].LifecycleNode = LifecycleNode
+    mods["launch_ros.parameter_descriptions"].ParameterValue = ParameterValue
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.delitem(sys.modules, "_plan", raising=False)

@@ -149,3 +149,22 @@ def test_drivers_launch_runs_the_drivers_on_simulated_can_arms(ros2_env, ros, tm
         launch.close()
     assert "piper_arm_driver" in launch.text() and "sim_node" not in launch.text()
     nodes_ended_cleanly(launch.text())
+
+
+def test_string_parameters_reach_the_node_as_written(ros2_env):
+    """The launch files' parameters through the real launch_ros: strings YAML would read as
+    something else (a prompt with ': ', 'yes', '0755', '') stay the strings they were."""
+    install = next(p for p in ros2_env["AMENT_PREFIX_PATH"].split(os.pathsep) if p.endswith("sf_bringup"))
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(install) / 'share' / 'sf_bringup' / 'launch')!r})
+from launch import LaunchContext
+from launch_ros.utilities import evaluate_parameters, normalize_parameters
+from _plan import typed
+values = {{"prompt": "Lift: the pot, then hold", "answer": "yes", "mode": "0755", "empty": "", "rate": 30.0}}
+(evaluated,) = evaluate_parameters(LaunchContext(), normalize_parameters([typed(values)]))
+assert evaluated == values, evaluated
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ros2_env, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

@@ -12,6 +12,7 @@ from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 LIFECYCLE_EXECUTABLES = {"piper_arm_driver", "policy_node"}
 
@@ -27,6 +28,13 @@ def as_bool(text: str, name: str = "argument") -> bool:
     raise ValueError(f"launch argument {name}:={text!r}: expected true or false")
 
 
+def typed(parameters: dict) -> dict:
+    """String parameters kept strings. launch_ros before Kilted reads a plain string as YAML:
+    a prompt with ': ' fails to launch, 'yes' becomes true, '0755' an integer. A value_type=str
+    ParameterValue is passed through unparsed on Humble, Jazzy and Kilted alike."""
+    return {k: ParameterValue(v, value_type=str) if isinstance(v, str) else v for k, v in parameters.items()}
+
+
 def to_actions(specs, ends_launch: str | None = None):
     """Node actions for ``specs``; when the node of executable ``ends_launch`` exits (the recorder
     after its episodes), the whole launch shuts down, as `sf launch` stops when a node exits."""
@@ -37,7 +45,7 @@ def to_actions(specs, ends_launch: str | None = None):
         if spec.prefix:
             extra["prefix"] = spec.prefix
         actions.append(kind(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
-                            parameters=[*spec.params_files, spec.parameters], remappings=list(spec.remappings),
+                            parameters=[*spec.params_files, typed(spec.parameters)], remappings=list(spec.remappings),
                             **extra))
         if spec.executable == ends_launch:
             reason = f"{spec.name} finished"
