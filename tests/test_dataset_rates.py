@@ -54,6 +54,8 @@ def test_rates_from_stamps():
     assert np.isclose(wrist["cam_high"], 30.0) and np.isclose(wrist["cam_left_wrist"], 15.0)
     assert "cam_left_wrist delivered 15.0 images/s: 50 % of its frames repeat the previous image" in \
         shortfalls(wrist, 30)
+    twin = _stamps(31, 10.0) - T0  # the twin's clock starts at 0: a stamp of 0 is a time, not a gap
+    assert np.allclose(list(measured_rates(twin, CAMERAS).values()), 10.0)
     assert measured_rates(_stamps(1, 30.0), CAMERAS) == {}                       # one frame: cannot tell
     assert measured_rates(np.zeros((5, len(STAMP_NAMES)), np.int64), CAMERAS) == {}  # no stamps
 
