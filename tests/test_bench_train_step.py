@@ -32,6 +32,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # 12 s: the default tier stays under 5 minutes
 def test_tiny_run_writes_step_time_and_memory_of_the_three_variants(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "2", "--warmup", "1", "--batch-size", "2",
                              "--task", "grasp_vegetable", "--episodes", "1", "--every", "3", "--camera", "64x48",

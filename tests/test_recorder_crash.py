@@ -126,7 +126,9 @@ def test_kill_9_of_the_recorder_leaves_a_valid_dataset(ros, tmp_path, sensors, m
     assert ds.num_episodes == (2 if moment == "committing" else 1)
 
 
-@pytest.mark.parametrize("step", ["staged", "videos", "meta", "stats"])
+# One moment in the default tier, the other three in the slow tier (5 s each).
+@pytest.mark.parametrize("step", [*(pytest.param(s, marks=pytest.mark.slow) for s in ("staged", "videos", "meta")),
+                                  "stats"])
 def test_a_power_cut_inside_the_commit_is_repaired_by_open(ros, tmp_path, sensors, step):
     from sf_policy.data.validate import validate
     from sf_policy.data.writer import DatasetWriter
