@@ -147,6 +147,22 @@ def test_the_node_follows_the_prompt_topic(ros):
     assert "" not in seen and node.prompt == "Stack the cup on the other cup."
 
 
+def test_rtc_mode_hands_the_model_the_plan_still_to_execute(ros):
+    Sensors(ros)
+    seen: list[dict] = []
+
+    def infer(sample):
+        seen.append(sample)
+        return holding_chunk(sample)
+
+    node = start_node(ros, infer, mode="rtc")
+    wait_for(lambda: any("prefix_actions" in s for s in seen), timeout=20, what="a request carrying the plan")
+    guided = next(s for s in seen if "prefix_actions" in s)
+    assert guided["prefix_actions"].shape[1] == 14 and guided["inference_delay"] >= 1
+    assert "prefix_actions" not in seen[0]  # the first chunk has no plan to follow
+    assert node.scheduler.stats().guided >= 1
+
+
 def holding_chunk(sample) -> np.ndarray:
     """A model that asks to stay where the arm is (a chunk of the current state)."""
     return np.repeat(np.asarray(sample["state"], np.float32)[None], 50, axis=0)

@@ -100,7 +100,7 @@ def rigs():
         rig.close()
 
 
-@pytest.mark.parametrize("mode", ["blend", "replace"])
+@pytest.mark.parametrize("mode", ["blend", "replace", "rtc"])
 @pytest.mark.parametrize("latency", [1, 3, 10, 12])
 def test_latency_below_refill_never_starves_and_follows_the_plan_exactly(rigs, latency, mode):
     rig = rigs(latency=latency, execute_steps=25, refill_at=15, mode=mode)
@@ -188,6 +188,50 @@ def test_blending_is_continuous_where_replace_jumps(rigs):
     assert max_jump(replaced) == pytest.approx(gap + slope, rel=1e-9)
     # blend: the chunks' own step plus at most 1/(width+1) of their disagreement per tick
     assert max_jump(blended) <= slope + gap / (width + 1) + 1e-12
+
+
+def inpainting(make_chunk):
+    """What real-time chunking asks of a model: its own chunk, pulled onto the prefix it was
+    given with the soft mask (an exact inpainter; the sampler approximates this)."""
+    from sf_policy.model.rtc import prefix_weights
+
+    def make(obs):
+        own = make_chunk(obs)
+        prefix = obs.get("prefix_actions")
+        if prefix is None:
+            return own
+        w = prefix_weights(len(own), obs["inference_delay"], len(prefix))[:len(prefix), None]
+        own[:len(prefix)] = w * prefix + (1 - w) * own[:len(prefix)]
+        return own
+
+    return make
+
+
+def test_rtc_requests_carry_the_plan_and_the_expected_delay(rigs):
+    rig = rigs(latency=4, mode="rtc", refill_at=15)
+    executed = rig.run(120)
+    seen = rig.model.seen
+    assert "prefix_actions" not in seen[0]  # nothing planned yet: the first chunk is free
+    guided = [obs for obs in seen[1:] if "prefix_actions" in obs]
+    assert len(guided) == len(seen) - 1 >= 5 and rig.sched.stats().guided == len(guided)
+    for obs in guided:
+        # the plan from the observation's tick on: what the ticks after it execute
+        np.testing.assert_allclose(obs["prefix_actions"], trajectory(obs["tick"] + np.arange(len(obs["prefix_actions"]))))
+        # the observation is fresh (0 ticks old); the p90 latency is 4 ticks (ManualClock: 4 periods)
+        assert obs["inference_delay"] == 4
+    np.testing.assert_allclose(np.array([a for a in executed if a is not None])[-1], trajectory([119])[0])
+
+
+def test_rtc_joins_disagreeing_chunks_where_replace_jumps(rigs):
+    gap, slope = 0.2, 0.005
+    rtc = rigs(inpainting(offset_chunks(gap, slope)), latency=3, mode="rtc")
+    replace = rigs(offset_chunks(gap, slope), latency=3, mode="replace")
+    joined, replaced = rtc.run(200), replace.run(200)
+    assert rtc.sched.stats().chunks > 5 and rtc.sched.stats().starved == 0
+    assert max_jump(replaced) == pytest.approx(gap + slope, rel=1e-9)
+    # the switch lands inside the hard-masked delay: the new chunk equals the plan there, and its
+    # soft tail moves at most gap * (the largest weight step) per tick
+    assert max_jump(joined) < slope + 0.35 * gap
 
 
 def test_blend_from_the_held_command_after_starvation(rigs):
@@ -327,7 +371,7 @@ def test_clock_going_back_drops_the_plan(rigs):
 
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="mode"):
-        ChunkScheduler(on_trajectory, mode="rtc")
+        ChunkScheduler(on_trajectory, mode="inpaint")
     with pytest.raises(ValueError, match="refill_at"):
         ChunkScheduler(on_trajectory, execute_steps=10, refill_at=11)
     with pytest.raises(ValueError, match="period"):

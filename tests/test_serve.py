@@ -203,6 +203,12 @@ def test_array_shape_must_match_its_bytes(shape, data):
     ({"seed": True}, "seed: expected an integer"),
     ({"num_steps": 0}, "num_steps: expected an integer in [1, 100]"),
     ({"actions": np.zeros((50, 14))}, "request: unknown field(s) 'actions'"),
+    ({"prefix_actions": np.zeros((5, 13))}, "prefix_actions: expected [n, 14]"),
+    ({"prefix_actions": np.zeros((0, 14))}, "prefix_actions: expected [n, 14]"),
+    ({"prefix_actions": [[0.0] * 14, "x"]}, "prefix_actions: expected [n, 14]"),
+    ({"prefix_actions": np.full((3, 14), np.inf)}, "prefix_actions: contains NaN or inf"),
+    ({"prefix_actions": np.zeros((3, 14)), "inference_delay": -2}, "inference_delay: expected an integer in [0, 1000]"),
+    ({"inference_delay": 3}, "inference_delay: sent without prefix_actions"),
 ])
 def test_request_errors_name_the_field(change, message):
     with pytest.raises(WireError) as info:
@@ -255,6 +261,20 @@ def test_http_infer_equals_local_predict_with_the_same_seed(server, policy):
     np.testing.assert_array_equal(batch[0], actions)
     assert set(reply["timing"]) == {"infer_ms", "queue_ms", "total_ms"}
     assert reply["timing"]["total_ms"] >= reply["timing"]["infer_ms"] > 0
+
+
+def test_real_time_chunking_through_the_server_equals_local_predict(server, policy):
+    """The client sends the actions still to execute and the delay; the server guides the
+    sampler as Policy.predict does locally (sf_policy/model/rtc.py)."""
+    s = sample(0)
+    prefix = local(policy, s, seed=1)[:20] + 0.03
+    guided = dict(s, prefix_actions=prefix, inference_delay=5)
+    expected = local(policy, guided, seed=7)
+    with PolicyClient(server.url) as client:
+        actions = client.infer(guided, seed=7)
+        free = client.infer(s, seed=7)
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
+    assert np.abs(actions[:5] - prefix[:5]).max() < np.abs(free[:5] - prefix[:5]).max()
 
 
 def test_http_infer_accepts_json(server, policy, http):
@@ -354,12 +374,12 @@ class GatedPolicy:
     def __init__(self, policy: Policy):
         self.policy, self.processor = policy, policy.processor
         self.entered, self.release = threading.Event(), threading.Event()
-        self.device, self.dtype = policy.device, policy.dtype
+        self.device, self.dtype, self.guidance = policy.device, policy.dtype, policy.guidance
 
-    def sample(self, batch, num_steps, generator=None):
+    def sample(self, batch, num_steps, generator=None, guide=None):
         self.entered.set()
         assert self.release.wait(60), "the test never opened the gate"
-        return self.policy.sample(batch, num_steps, generator)
+        return self.policy.sample(batch, num_steps, generator, guide=guide)
 
 
 def test_inference_runs_off_the_event_loop_and_the_queue_is_bounded(policy):

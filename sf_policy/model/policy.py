@@ -36,6 +36,10 @@ from sf_policy.embodiment import STATE_DIM
 from sf_policy.model.actions import check_representation
 from sf_policy.model.normalize import Normalizer
 from sf_policy.model.processor import MODEL_INPUTS, PolicyProcessor, ProcessorConfig, check_fields
+from sf_policy.model.rtc import MAX_GUIDANCE, Guidance, prefix_weights
+
+#: What a sample may carry for real-time chunking, beside what the processor reads.
+GUIDANCE_KEYS = ("prefix_actions", "inference_delay")
 from sf_policy.model.sampling import FastSampler
 from sf_policy.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 
@@ -341,20 +345,25 @@ class Policy(nn.Module):
         self.configure_inference()
 
     def configure_inference(self, sampler: str = "fast", compile: bool = False, cuda_graph: bool = True,
-                            noise_scale: float = 1.0) -> None:
+                            noise_scale: float = 1.0, max_guidance: float = MAX_GUIDANCE) -> None:
         """How ``sample`` integrates: ``fast`` (``FastSampler``; ``compile`` / ``cuda_graph`` as
         there) or ``transformers`` (``sample_actions`` as shipped, the reference).
 
         ``noise_scale`` multiplies the initial noise of the flow (a sampling temperature): 1 is
         π0's sampler; 0 integrates the flow from the noise distribution's mean, one deterministic
         chunk per observation. A model that has not learnt to remove the noise passes it into the
-        chunk as step-to-step jitter (docs/eval_sim.md, "Why a policy is rate-limited")."""
+        chunk as step-to-step jitter (docs/eval_sim.md, "Why a policy is rate-limited").
+
+        ``max_guidance``: β of real-time chunking (rtc.py), used for samples that carry
+        ``prefix_actions``."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if not (math.isfinite(noise_scale) and noise_scale >= 0.0):
             raise ValueError(f"noise_scale must be a number >= 0, got {noise_scale}")
+        if not (math.isfinite(max_guidance) and max_guidance >= 0.0):
+            raise ValueError(f"max_guidance must be a number >= 0, got {max_guidance}")
         self._inference = {"sampler": sampler, "compile": compile, "cuda_graph": cuda_graph,
-                           "noise_scale": float(noise_scale)}
+                           "noise_scale": float(noise_scale), "max_guidance": float(max_guidance)}
         self._fast_sampler = None  # built on first use, for the model as it is then
 
     @classmethod
@@ -442,26 +451,55 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def sample(self, batch: Mapping[str, torch.Tensor], num_steps: int = 10,
-               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Absolute joint targets [B, chunk, 14] (float32, rad / m) for a processed batch."""
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               guide: Guidance | None = None) -> torch.Tensor:
+        """Absolute joint targets [B, chunk, 14] (float32, rad / m) for a processed batch;
+        ``guide``: real-time chunking toward the previous chunk (``guidance``)."""
         inputs = self._inputs(batch)
         size = inputs["state"].shape[0]
         if noise is None:
             noise = self.noise_like(size, generator) * self._inference["noise_scale"]
         noise = noise.to(self.device, self.dtype)
         if self._inference["sampler"] == "transformers":
+            if guide is not None:
+                raise ValueError("real-time chunking (prefix_actions) needs sampler 'fast', not 'transformers'")
             model_actions = self.pi0.sample_actions(**inputs, noise=noise, num_steps=num_steps)
         else:
             if self._fast_sampler is None or self._fast_sampler.pi0 is not self.pi0:
                 self._fast_sampler = FastSampler(self.pi0, cuda_graph=self._inference["cuda_graph"],
                                                  compile=self._inference["compile"])
-            model_actions = self._fast_sampler.sample(inputs, noise, num_steps)
+            model_actions = self._fast_sampler.sample(inputs, noise, num_steps, guide=guide)
         return self.processor.postprocess(model_actions, batch["raw_state"].to(self.device))
 
     def predict(self, samples: Sequence[Mapping], num_steps: int = 10,
                 generator: torch.Generator | None = None) -> np.ndarray:
-        """Robot samples (images, state, prompt) → absolute action chunks [B, chunk, 14] as numpy."""
-        return self.sample(self.processor(samples, device=self.device), num_steps, generator).cpu().numpy()
+        """Robot samples (images, state, prompt; for real-time chunking also ``prefix_actions``
+        and ``inference_delay``) → absolute action chunks [B, chunk, 14] as numpy."""
+        observations = [{k: v for k, v in sample.items() if k not in GUIDANCE_KEYS} for sample in samples]
+        return self.sample(self.processor(observations, device=self.device), num_steps, generator,
+                           guide=self.guidance(samples)).cpu().numpy()
+
+    def guidance(self, samples: Sequence[Mapping]) -> Guidance | None:
+        """Real-time chunking's target from the samples that carry ``prefix_actions`` [n <= chunk, 14]
+        (absolute targets of the chunk being executed, from the sample's own tick on) and
+        ``inference_delay`` (control ticks until the new chunk can take over); None if none does."""
+        chunk, width = self.processor.config.chunk_size, self.processor.config.max_action_dim
+        target = torch.zeros(len(samples), chunk, width)
+        weights = torch.zeros(len(samples), chunk, width)
+        guided = False
+        for b, sample in enumerate(samples):
+            prefix = sample.get("prefix_actions")
+            if prefix is None or len(prefix) == 0:
+                continue
+            delay = sample.get("inference_delay", 0)
+            if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
+                raise ValueError(f"sample {b}: inference_delay must be an integer >= 0 (control ticks), got {delay!r}")
+            prefix = prefix[:chunk]  # beyond the new chunk's horizon it cannot guide anything
+            target[b], _ = self.processor.actions(prefix, np.asarray(sample["state"], np.float64),
+                                                  where=f"sample {b}: prefix_actions")
+            weights[b, :, :STATE_DIM] = torch.from_numpy(prefix_weights(chunk, int(delay), len(prefix)))[:, None]
+            guided = True
+        return Guidance(target, weights, self._inference["max_guidance"]) if guided else None
 
     def _inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [k for k in MODEL_INPUTS if k not in batch]

@@ -22,6 +22,9 @@ functions of the prefix padding only, and the prefix keys/values are fixed.
 
 The result equals ``sample_actions`` (``tests/test_sampling.py`` compares them); a failed
 graph capture falls back to the eager loop with a warning rather than stopping the robot.
+
+With a ``Guidance`` (real-time chunking, ``sf_policy/model/rtc.py``) each step also takes a
+vector-Jacobian product through the expert, so that loop runs eagerly with gradients on.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
+
+from .rtc import Guidance, guided_step
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,12 @@ class SuffixKV:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.prefix_length
+
+    def detach_(self) -> None:
+        """Cut the buffers from the previous step's autograd graph (guided sampling writes
+        grad-carrying suffix keys/values into them; the next step must not backprop into those)."""
+        self.keys = [k.detach() for k in self.keys]
+        self.values = [v.detach() for v in self.values]
 
 
 @dataclass
@@ -143,6 +154,17 @@ class FastSampler:
         hidden = dit.norm(hidden)
         return pi0.action_out_proj(hidden[:, -pi0.config.chunk_size:])
 
+    def denoise_guided(self, state, noise, kv, mask, rotary, num_steps: int, guide: Guidance) -> torch.Tensor:
+        """``denoise`` with real-time chunking's guidance toward ``guide`` (rtc.py)."""
+        dt = -1.0 / num_steps
+        x = noise
+        for step in range(num_steps):
+            t = 1.0 + step * dt
+            time = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+            kv.detach_()
+            x = guided_step(lambda xg: self.velocity(state, xg, time, kv, mask, rotary), x, t, dt, guide)
+        return x
+
     def denoise(self, state, noise, kv, mask, rotary, num_steps: int) -> torch.Tensor:
         dt = -1.0 / num_steps
         x = noise
@@ -154,10 +176,15 @@ class FastSampler:
     # -- the sampler
 
     @torch.no_grad()
-    def sample(self, inputs: dict[str, torch.Tensor], noise: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
+    def sample(self, inputs: dict[str, torch.Tensor], noise: torch.Tensor, num_steps: int = 10,
+               guide: Guidance | None = None) -> torch.Tensor:
         suffix_length = self.pi0.config.chunk_size + 1
         prefix = self.prefix(inputs, suffix_length)
         state = inputs["state"]
+        if guide is not None:
+            kv = SuffixKV.allocate(prefix.keys, prefix.values, suffix_length)
+            return self.denoise_guided(state, noise, kv, prefix.mask, prefix.rotary, num_steps,
+                                       guide.to(noise.device, noise.dtype))
         if self.cuda_graph and noise.is_cuda and not self._graph_failed:
             loop = self._graph_for(prefix, state, noise, num_steps)
             if loop is not None:

@@ -15,7 +15,12 @@ every replan, the jerky motion users complain about. Here:
   never lets the plan run dry;
 * the new chunk is merged into what is left of the plan: ``"blend"`` cross-fades linearly
   from the old plan to the new one over ``blend_steps`` ticks (continuous: the first merged
-  step moves only 1/(blend_steps+1) of the way), ``"replace"`` switches at once;
+  step moves only 1/(blend_steps+1) of the way), ``"replace"`` switches at once, ``"rtc"``
+  (real-time chunking, sf_policy/model/rtc.py) asks the model for a chunk that already agrees
+  with the plan: each request carries the plan from the observation's tick on
+  (``prefix_actions``) and the expected delay until the chunk can take over
+  (``inference_delay``: ticks already elapsed since the observation + the p90 latency), and
+  the chunk then replaces the plan where it arrives;
 * ``adaptive=True`` sizes both to the measured latency instead: the next chunk is requested
   when fewer than ``latency_p90 / period + 2`` steps are left (at least ``refill_at``), and a
   chunk that arrives later than ``execute_steps`` ticks is still executed from its first
@@ -50,7 +55,7 @@ from .clock import Clock, TickGrid, monotonic
 
 log = logging.getLogger(__name__)
 
-MODES = ("blend", "replace")
+MODES = ("blend", "replace", "rtc")
 ON_ERROR = ("hold", "continue")
 #: adaptive refill: ask when fewer than latency_p90 / period + this many steps are left
 ADAPTIVE_MARGIN_TICKS = 2
@@ -82,6 +87,8 @@ class SchedulerStats:
     remaining: int = 0           # planned steps after the last tick
     in_flight: bool = False
     refill_at: int = 0           # the refill threshold in use (adapts to latency when adaptive)
+    guided: int = 0              # rtc: requests that carried the plan as a prefix
+    inference_delay: int | None = None  # rtc: the delay (ticks) the last guided request expected
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,9 @@ def substeps(prev: np.ndarray | None, nxt: np.ndarray, n: int) -> Iterator[np.nd
         yield nxt.copy() if prev is None else interpolate(prev, nxt, i / n)
 
 
-#: What a policy sees of an observation; anything else in it (the evaluation's "tick") is the runtime's.
-POLICY_INPUTS = ("images", "state", "prompt")
+#: What a policy sees of an observation (the last two: real-time chunking's, added by the
+#: scheduler in "rtc" mode); anything else in it (the evaluation's "tick") is the runtime's.
+POLICY_INPUTS = ("images", "state", "prompt", "prefix_actions", "inference_delay")
 
 
 def policy_infer(policy, num_steps: int = 10) -> Infer:
@@ -214,6 +222,7 @@ class ChunkScheduler:
         self._last_error = ""
         self._chunk_age: int | None = None
         self._last_skip = 0
+        self._last_delay: int | None = None
         self._remaining = 0
         # the control thread's own
         self._plan: np.ndarray | None = None   # [n, 14], row 0 at tick _plan_start
@@ -379,7 +388,7 @@ class ChunkScheduler:
         new = chunk[skip:horizon]
         merged = new.copy()
         weight = np.ones(len(new))
-        width = min(self.blend_steps, len(new)) if self.mode == "blend" else 0
+        width = min(self.blend_steps, len(new)) if self.mode == "blend" else 0  # rtc: the model did the joining
         if width:
             old = self._continuation(k, new[:width])
             if old is not None:
@@ -426,10 +435,25 @@ class ChunkScheduler:
                 return  # nothing new to look at (a stalled camera): no point inferring again
             obs_tick = k if stamp is None else min(self.grid.tick_of(stamp), k)
             self._used_seq = seq
+            if self.mode == "rtc":
+                observation = self._with_prefix(observation, obs_tick, k)
             self._request = _Request(observation, obs_tick, self._generation)
             self._busy = True
             self._counts["requests"] += 1
             self._cond.notify_all()
+
+    def _with_prefix(self, observation, obs_tick: int, k: int):
+        """The observation plus real-time chunking's inputs (called with ``_cond`` held): the
+        plan's steps from the observation's tick on, and the ticks until the chunk can be
+        merged. No plan covering the observation's tick (the first chunk, after a hold): none."""
+        if self._plan is None or not self._plan_start <= obs_tick < self._plan_end():
+            return observation
+        latency = float(np.percentile(np.asarray(self._latencies), 90)) if self._latencies else 0.0
+        delay = (k - obs_tick) + max(int(np.ceil(latency / self.period - 1e-6)), 1)
+        self._counts["guided"] += 1
+        self._last_delay = delay
+        prefix = self._plan[obs_tick - self._plan_start:].copy()
+        return {**observation, "prefix_actions": prefix, "inference_delay": int(delay)}
 
     # --- the worker ----------------------------------------------------------------------
     def _work(self, stop: threading.Event) -> None:
@@ -491,4 +515,5 @@ class ChunkScheduler:
                 requests=c["requests"], chunks=c["chunks"], late_chunks=c["late_chunks"], errors=c["errors"],
                 last_error=self._last_error, skipped_steps=c["skipped_steps"], last_skip=self._last_skip,
                 latency_p50_s=p50, latency_p99_s=p99, latency_max_s=worst, chunk_age_ticks=self._chunk_age,
-                remaining=self._remaining, in_flight=self._busy, refill_at=self._refill)
+                remaining=self._remaining, in_flight=self._busy, refill_at=self._refill, guided=c["guided"],
+                inference_delay=self._last_delay)

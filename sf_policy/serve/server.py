@@ -275,14 +275,18 @@ class _Runtime:
 
         started = time.perf_counter()
         policy = self.policy
+        from sf_policy.model.policy import GUIDANCE_KEYS
+
+        observation = {k: v for k, v in request.sample.items() if k not in GUIDANCE_KEYS}
         try:
-            batch = policy.processor([request.sample])
+            batch = policy.processor([observation])
+            guide = policy.guidance([request.sample])  # real-time chunking, when the client sent a prefix
         except (ValueError, TypeError) as exc:
             raise WireError("", re.sub(r"^sample 0: ", "", str(exc)), status=422) from None
         generator = None
         if request.seed is not None:
             generator = torch.Generator(device=policy.device).manual_seed(request.seed)
-        actions = policy.sample(batch, request.num_steps or self.num_steps, generator)
+        actions = policy.sample(batch, request.num_steps or self.num_steps, generator, guide=guide)
         return actions[0].float().cpu().numpy(), (time.perf_counter() - started) * 1e3
 
     async def infer(self, request: InferRequest, received: float) -> dict:

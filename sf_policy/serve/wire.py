@@ -14,7 +14,8 @@ Encoding (openpi's, so that its clients and ours read each other's bytes):
 Schemas (``docs/serving.md``)::
 
     request  {"state": [14] float (rad / m), "images": {role: uint8 HxWx3 | uint8 3xHxW | nil},
-              "prompt": str, "seed": int (optional), "num_steps": int (optional)}
+              "prompt": str, "seed": int (optional), "num_steps": int (optional),
+              "prefix_actions": float [n, 14] (optional), "inference_delay": int (optional)}
     reply    {"actions": float32 [chunk, 14] absolute (rad / m), "timing": {...}, "server_timing": {...}}
 
 ``parse_request`` checks a decoded request and returns the sample ``Policy.predict`` takes;
@@ -42,8 +43,11 @@ PROTOCOL_VERSION = 1
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 
-#: Request fields; anything else is refused (a typo must not be silently ignored).
-REQUEST_FIELDS = ("state", "images", "prompt", "seed", "num_steps")
+#: Request fields; anything else is refused (a typo must not be silently ignored). The last two
+#: are real-time chunking's (sf_policy/model/rtc.py): the actions still to execute of the chunk
+#: being executed, from the observation's tick on, and the ticks until the new chunk takes over.
+REQUEST_FIELDS = ("state", "images", "prompt", "seed", "num_steps", "prefix_actions", "inference_delay")
+MAX_PREFIX_STEPS = 1000
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGE_SIDE = 4096
 MAX_NUM_STEPS = 100
@@ -324,9 +328,30 @@ def parse_request(obj: Any, roles: Sequence[str] = CAMERA_ROLES, *, from_json: b
         "images": parse_images(obj["images"], roles, from_json=from_json),
         "prompt": parse_prompt(obj["prompt"]),
     }
+    if obj.get("prefix_actions") is not None:
+        sample["prefix_actions"] = parse_prefix(obj["prefix_actions"])
+        sample["inference_delay"] = _optional_int(obj, "inference_delay", 0, MAX_PREFIX_STEPS) or 0
+    elif obj.get("inference_delay") is not None:
+        raise WireError("inference_delay", "sent without prefix_actions (real-time chunking needs both)")
     seed = _optional_int(obj, "seed", 0, MAX_SEED)
     num_steps = _optional_int(obj, "num_steps", 1, MAX_NUM_STEPS)
     return InferRequest(sample, seed, num_steps)
+
+
+def parse_prefix(value) -> np.ndarray:
+    """[n, 14] finite float64 (absolute targets, rad / m), 1 <= n <= MAX_PREFIX_STEPS."""
+    field = "prefix_actions"
+    what = f"[n, {STATE_DIM}] finite numbers (the actions still to execute, rad / m)"
+    try:
+        array = np.asarray(value, dtype=np.float64) if isinstance(value, (list, np.ndarray)) else None
+    except (TypeError, ValueError):
+        array = None
+    if (array is None or array.ndim != 2 or array.shape[1] != STATE_DIM or not 1 <= len(array) <= MAX_PREFIX_STEPS
+            or (isinstance(value, np.ndarray) and value.dtype.kind not in "iuf")):
+        raise WireError(field, f"expected {what}, got {_describe(value)}")
+    if not np.isfinite(array).all():
+        raise WireError(field, "contains NaN or inf")
+    return array
 
 
 def parse_state(value) -> np.ndarray:
@@ -422,9 +447,10 @@ def _optional_int(obj: Mapping, field: str, low: int, high: int) -> int | None:
 def encode_sample(sample: Mapping, seed: int | None = None, num_steps: int | None = None) -> dict:
     """A robot sample (as ``Policy.predict`` takes it) → a request map (state as float64, so the
     server sees exactly the numbers a local policy would)."""
-    unknown = set(sample) - {"state", "images", "prompt"}
+    unknown = set(sample) - {"state", "images", "prompt", "prefix_actions", "inference_delay"}
     if unknown:
-        raise ValueError(f"sample: unknown field(s) {', '.join(sorted(unknown))}; a request sends state, images, prompt")
+        raise ValueError(f"sample: unknown field(s) {', '.join(sorted(unknown))}; a request sends state, images, "
+                         "prompt (and for real-time chunking prefix_actions, inference_delay)")
     missing = [key for key in ("state", "prompt") if key not in sample]
     if missing:
         raise ValueError(f"sample: missing {', '.join(missing)}")
@@ -434,6 +460,9 @@ def encode_sample(sample: Mapping, seed: int | None = None, num_steps: int | Non
                    for role, image in (sample.get("images") or {}).items()},
         "prompt": sample["prompt"],
     }
+    if sample.get("prefix_actions") is not None:
+        request["prefix_actions"] = np.asarray(sample["prefix_actions"], dtype=np.float64)
+        request["inference_delay"] = int(sample.get("inference_delay", 0))
     if seed is not None:
         request["seed"] = int(seed)
     if num_steps is not None:

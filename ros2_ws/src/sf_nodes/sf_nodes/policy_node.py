@@ -46,7 +46,8 @@ TARGET_TOPIC = "/policy/target"  # the scheduler's target of each tick, before t
 
 
 def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device: str, *, dtype: str = "",
-               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True, noise_scale: float = 1.0):
+               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True, noise_scale: float = 1.0,
+               max_guidance: float | None = None):
     """The model boundary: ``infer(sample) -> chunk [H, 14]`` from a checkpoint or a server."""
     if remote:
         from sf_policy.serve.client import PolicyClient
@@ -58,7 +59,7 @@ def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device:
     from sf_policy.runtime.inference import load_for_inference
 
     policy = load_for_inference(checkpoint, device=device, dtype=dtype or None, sampler=sampler, compile=compile,
-                                cuda_graph=cuda_graph, noise_scale=noise_scale)
+                                cuda_graph=cuda_graph, noise_scale=noise_scale, max_guidance=max_guidance)
     return policy_infer(policy, num_steps)
 
 
@@ -75,8 +76,9 @@ class PolicyNode(LifecycleNode):
         self.num_steps = int(p("num_steps", 10).value)
         self.execute_steps = int(p("execute_steps", 25).value)
         self.refill_at = int(p("refill_at", 15).value)
-        self.mode = p("mode", "blend").value
+        self.mode = p("mode", "blend").value  # blend | replace | rtc (real-time chunking)
         self.blend_steps = int(p("blend_steps", 10).value)
+        self.rtc_max_guidance = float(p("rtc_max_guidance", 5.0).value)  # rtc: the guidance clip beta
         self.adaptive = bool(p("adaptive_horizon", True).value)
         self.on_error = p("on_error", "hold").value
         self.max_obs_age = float(p("max_obs_age", 0.2).value)
@@ -145,7 +147,8 @@ class PolicyNode(LifecycleNode):
         try:
             infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.num_steps, self.device,
                                               dtype=self.dtype, sampler=self.sampler, compile=self.compile,
-                                              cuda_graph=self.cuda_graph, noise_scale=self.noise_scale)
+                                              cuda_graph=self.cuda_graph, noise_scale=self.noise_scale,
+                                              max_guidance=self.rtc_max_guidance)
             self.scheduler = ChunkScheduler(infer, period=1.0 / self.rate, execute_steps=self.execute_steps,
                                             refill_at=self.refill_at, mode=self.mode, blend_steps=self.blend_steps,
                                             adaptive=self.adaptive, on_error=self.on_error)

@@ -1,0 +1,193 @@
+"""Real-time chunking against blending and plain switching: closed loop in the twin, and what
+the guidance costs.
+
+Closed loop (``--checkpoint``, a learned policy, e.g. from bench/learn.py): the same held-out
+scenes (seeds from ``--seed``) through the deployed runtime (chunk scheduler + safety filter)
+at simulated inference latencies of 100, 200 and 300 ms (3, 6, 9 ticks), for the scheduler's
+three ways of joining chunks: ``replace`` (no merge), ``blend`` (the linear cross-fade) and
+``rtc`` (sf_policy/model/rtc.py). Per row: success with its Wilson interval, time to success,
+the chunk-boundary jump (largest change of an arm joint's command at the ticks a chunk took
+over, rad), jerk (RMS of the commands' third difference / period^3, rad/s^3, arm joints) and
+the share of ticks the safety filter limited. The flow noise is seeded per row, so the rows
+differ by the merge rule only.
+
+Cost (``--cost``): one chunk of the tiny π0 with and without guidance, side by side on this
+machine (a ratio; absolute times only from a GPU).
+
+  .venv/bin/python bench/rtc.py --checkpoint RUN/checkpoints/step_024000 --episodes 10
+  .venv/bin/python bench/rtc.py --cost-only
+
+Writes bench/results/rtc.json; ``--report DIR`` also writes DIR/rtc.md (docs/results for the
+committed run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_results  # noqa: E402
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+MODES = ("replace", "blend", "rtc")
+LATENCIES_MS = (100, 200, 300)
+
+
+def arm_columns() -> np.ndarray:
+    from sf_policy.embodiment import GRIPPER_INDICES, STATE_DIM
+
+    return np.array([i for i in range(STATE_DIM) if i not in GRIPPER_INDICES])
+
+
+def smoothness(traces, period: float) -> dict:
+    """Arm joints only. The chunk-boundary jump: the largest change of the runtime's target (the
+    plan, before the safety filter, which would hide a jump behind its speed limit) at the ticks
+    a chunk took over. Jerk: of the commands the arms got."""
+    arms = arm_columns()
+    jumps, jerks = [], []
+    for trace in traces:
+        arrays = trace.arrays()
+        target, merged = arrays["target"][:, arms], arrays["merged"].astype(bool)
+        planned = np.isfinite(target).all(axis=1)
+        for k in np.flatnonzero(merged[1:] & planned[1:] & planned[:-1]) + 1:
+            jumps.append(float(np.abs(target[k] - target[k - 1]).max()))
+        command = arrays["command"][:, arms]
+        valid = command[np.isfinite(command).all(axis=1)]
+        if len(valid) > 3:
+            jerks.append(np.diff(valid, n=3, axis=0) / period ** 3)
+    jerk = np.concatenate(jerks) if jerks else np.zeros((0, len(arms)))
+    return {"boundary_jump_max_rad": max(jumps, default=0.0),
+            "boundary_jump_mean_rad": float(np.mean(jumps)) if jumps else 0.0,
+            "boundaries": len(jumps),
+            "jerk_rms_rad_s3": float(np.sqrt(np.mean(jerk ** 2))) if jerk.size else 0.0}
+
+
+def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps: int, progress: bool,
+                max_ticks: int | None = None) -> list[dict]:
+    import torch
+
+    from sf_policy.eval.sim import PERIOD, RuntimeSettings, evaluate
+    from sf_policy.runtime.inference import load_for_inference
+    from sf_policy.runtime.scheduler import policy_infer
+
+    policy = load_for_inference(checkpoint, device="cpu")
+    rows = []
+    for latency_ms in LATENCIES_MS:
+        ticks = round(latency_ms / 1000 / PERIOD)
+        for mode in MODES:
+            torch.manual_seed(seed)
+            started = time.perf_counter()
+            result = evaluate(policy_infer(policy, num_steps), task, episodes, seed, label=f"{mode}@{latency_ms}ms",
+                              checkpoint=checkpoint, latency_ticks=ticks, runtime=RuntimeSettings(mode=mode),
+                              max_ticks=max_ticks, plots=0, progress=progress)
+            summary = result.summary()
+            rows.append({"mode": mode, "latency_ms": latency_ms, "latency_ticks": ticks, "episodes": episodes,
+                         "seeds": summary["seeds"], "successes": summary["successes"],
+                         "success_rate": summary["success_rate"], "ci95": summary["ci95"],
+                         "time_to_success_s": summary["mean_success_seconds"],
+                         "limited_fraction": summary["limited_fraction"], "held_fraction": summary["held_fraction"],
+                         **smoothness(result.traces, PERIOD), "wall_s": round(time.perf_counter() - started, 1)})
+            print(f"{mode:8s} {latency_ms} ms: {result.successes}/{episodes}, jump max "
+                  f"{rows[-1]['boundary_jump_max_rad']:.3f} rad, jerk {rows[-1]['jerk_rms_rad_s3']:.0f}, "
+                  f"limited {summary['limited_fraction']:.1%}", flush=True)
+    return rows
+
+
+def guidance_cost(repeats: int = 5) -> dict:
+    """Seconds per chunk of the tiny π0 on this machine, plain and guided, interleaved."""
+    import torch
+
+    from sf_policy.model.policy import Policy, PolicyConfig
+    from sf_policy.model.tokenizer import tiny_tokenizer
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_tokenizer(Path(tmp))
+        zeros, ones = np.zeros(14, np.float32), np.ones(14, np.float32)
+        stats = {k: {"mean": zeros, "std": ones, "min": -ones, "max": ones, "q01": -ones, "q99": ones}
+                 for k in ("observation.state", "action")}
+        policy = Policy.build(PolicyConfig(tiny=True, tokenizer=tmp), stats=stats).eval()
+    rng = np.random.default_rng(0)
+    sample = {"images": {r: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+                         for r in ("cam_high", "cam_left_wrist", "cam_right_wrist")},
+              "state": np.zeros(14, np.float32), "prompt": "Lift the pot by both handles and hold it level."}
+    guided = dict(sample, prefix_actions=np.zeros((20, 14)), inference_delay=6)
+    times = {"plain": [], "guided": []}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, s in (("plain", sample), ("guided", guided)):
+            started = time.perf_counter()
+            policy.predict([s], num_steps=10, generator=torch.Generator().manual_seed(0))
+            times[name].append(time.perf_counter() - started)
+    plain, guided_s = np.median(times["plain"][1:]), np.median(times["guided"][1:])
+    return {"model": "tiny π0 (CPU)", "num_steps": 10, "plain_s": float(plain), "guided_s": float(guided_s),
+            "ratio": float(guided_s / plain)}
+
+
+def report(figures: dict, path: Path) -> None:
+    lines = ["# Real-time chunking in the twin: `bench/rtc.py`", "",
+             f"Machine: {figures['machine']['cpu']}, {figures['machine']['cores']} cores, no GPU. "
+             f"{figures.get('note', '')}", ""]
+    if figures.get("closed_loop"):
+        cl = figures["closed_loop"]
+        lines += [f"Checkpoint `{cl['checkpoint']}`, task {cl['task']}, held-out seeds "
+                  f"{cl['seed']}–{cl['seed'] + cl['episodes'] - 1}, {cl['num_steps']} flow steps; latency "
+                  "simulated (the twin waits), runtime defaults (execute 25, refill 15, blend 10).", "",
+                  "| latency | mode | success | Wilson 95 % | time to success | boundary jump max / mean (rad) "
+                  "| jerk RMS (rad/s³) | limited ticks |", "|---|---|---|---|---|---|---|---|"]
+        for r in cl["rows"]:
+            tts = f"{r['time_to_success_s']:.1f} s" if r["time_to_success_s"] is not None else "–"
+            lines.append(f"| {r['latency_ms']} ms | {r['mode']} | {r['successes']}/{r['episodes']} | "
+                         f"{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%} | {tts} | {r['boundary_jump_max_rad']:.3f} / "
+                         f"{r['boundary_jump_mean_rad']:.3f} | {r['jerk_rms_rad_s3']:.0f} | "
+                         f"{r['limited_fraction']:.1%} |")
+        lines.append("")
+    if figures.get("cost"):
+        c = figures["cost"]
+        lines += [f"Guidance cost ({c['model']}, {c['num_steps']} steps, side by side): plain "
+                  f"{c['plain_s'] * 1e3:.0f} ms, guided {c['guided_s'] * 1e3:.0f} ms per chunk: "
+                  f"**{c['ratio']:.2f}×**.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    analysis = "<!-- analysis -->"
+    kept = path.read_text().split(analysis, 1)[1] if path.is_file() and analysis in path.read_text() else "\n"
+    path.write_text("\n".join(lines) + "\n" + analysis + kept)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a learned policy (checkpoint directory)")
+    parser.add_argument("--task", default="lift_pot")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=5000, help="first held-out scene")
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--max-ticks", type=int, default=None, help="cut episodes short (a smoke test)")
+    parser.add_argument("--cost-only", action="store_true", help="only the guidance cost")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="also write <dir>/rtc.md")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    if not args.cost_only and not args.checkpoint:
+        parser.error("--checkpoint is needed for the closed loop (or --cost-only)")
+    figures: dict = {"cost": guidance_cost()}
+    print(f"guidance cost: {figures['cost']['ratio']:.2f}x a plain chunk", flush=True)
+    if not args.cost_only:
+        figures["closed_loop"] = {"checkpoint": args.checkpoint, "task": args.task, "episodes": args.episodes,
+                                  "seed": args.seed, "num_steps": args.num_steps,
+                                  "rows": closed_loop(args.checkpoint, args.task, args.episodes, args.seed,
+                                                      args.num_steps, not args.no_progress, args.max_ticks)}
+    path = write_results("rtc", figures, args.results_dir)
+    print(f"wrote {path}")
+    if args.report:
+        report({**figures, "machine": machine()}, args.report / "rtc.md")
+        print(f"wrote {args.report / 'rtc.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
