@@ -65,6 +65,7 @@ def test_a_perfect_policy_succeeds_through_the_scheduler_and_the_safety_filter(t
     assert outcome.chunks >= outcome.ticks // 15  # replanned all along
     assert outcome.held_ticks == 3  # only while the first chunk was being "inferred"
     assert outcome.max_step_rad <= np.pi * 0.5 / 30 + 1e-9  # the filter's velocity limit held
+    assert outcome.estop == ""  # a whole task, grasp included, never trips the tracking watchdog
 
 
 @pytest.mark.parametrize("latency", [3, 6])
@@ -150,6 +151,7 @@ def test_the_expert_plan_is_an_oracle_through_the_runtime_and_is_traced(tmp_path
     plan = ExpertPlan()
     result = evaluate(plan, TASK, 2, SEED, label="oracle", trace_dir=tmp_path, plots=1, cameras=(), progress=False)
     assert result.successes == 2  # a perfect plan succeeds through scheduler + filter
+    assert [e.estop for e in result.episodes] == ["", ""]  # nor the tracking watchdog
     limits = result.summary()["limits"]
     assert limits["commanded_ticks"] == sum(e.ticks - e.held_ticks for e in result.episodes)
     assert limits["any"] < 0.2  # the demonstrations mostly stay inside the filter's limits

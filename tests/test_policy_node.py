@@ -163,6 +163,23 @@ def test_rtc_mode_hands_the_model_the_plan_still_to_execute(ros):
     assert node.scheduler.stats().guided >= 1
 
 
+def test_an_arm_that_does_not_follow_latches_the_estop_naming_the_joint(ros, command_log):
+    """The stand-in arms never move: commands that keep asking joint2 for 0.6 rad more leave
+    the measured joints behind, and the tracking watchdog stops the node."""
+    def reach(sample):
+        chunk = holding_chunk(sample)
+        chunk[:, [1, 8]] += 0.6
+        return chunk
+
+    Sensors(ros)
+    node = start_node(ros, reach, tracking_max_duration=0.3)
+    wait_for(lambda: node.safety.estopped, timeout=20, what="the tracking watchdog to trip")
+    assert node.safety.estop_reason.startswith("tracking: left_joint2 stayed"), node.safety.estop_reason
+    sent = command_log.count()
+    time.sleep(0.5)
+    assert command_log.count() == sent  # nothing commanded after the trip
+
+
 def holding_chunk(sample) -> np.ndarray:
     """A model that asks to stay where the arm is (a chunk of the current state)."""
     return np.repeat(np.asarray(sample["state"], np.float32)[None], 50, axis=0)

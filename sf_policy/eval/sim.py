@@ -29,6 +29,7 @@ import numpy as np
 from ..runtime.clock import ManualClock
 from ..runtime.safety import LIMIT_CAUSES, POSITION, SafetyFilter
 from ..runtime.scheduler import ChunkScheduler, policy_infer
+from ..runtime.watchdog import TrackingWatchdog
 from ..sim.twin import CONTROL_HZ, Twin
 from .trace import EpisodeTrace, limit_shares, plot_trace
 
@@ -58,6 +59,7 @@ class EpisodeOutcome:
     max_step_rad: float         # largest per-tick change of an arm joint command (smoothness)
     video: str | None = None
     limited_by_cause: dict[str, int] = field(default_factory=dict)  # ticks with a speed/accel/position change
+    estop: str = ""             # why the tracking watchdog stopped the arms, if it did
     trace: str | None = None    # the per-tick trace (.npz) and its plot (.png), when kept
 
 
@@ -150,6 +152,7 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
                                refill_at=runtime.refill_at, mode=runtime.mode, blend_steps=runtime.blend_steps,
                                clock=clock, name=f"sim-eval-{seed}")
     safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale)
+    watchdog = TrackingWatchdog()  # as the policy node runs it
     frames: list[np.ndarray] = []
     held = limited = 0
     by_cause: Counter[str] = Counter()
@@ -170,6 +173,9 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
                                "tick": k}, now)
             raw = scheduler.tick(now)
             decision = safety.filter(raw, obs.state, 0.0, now)
+            if not safety.estopped and (tripped := watchdog.update(decision.action, obs.state, now)):
+                safety.estop(tripped)
+                decision = safety.filter(raw, obs.state, 0.0, now)
             if trace is not None:
                 trace.add(scheduler.last_tick_info, raw, decision, obs.state)
             if requested_at is None and scheduler.in_flight:  # the tick asked for a chunk: latency starts now
@@ -201,7 +207,7 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
         write_video(video, [f for f in frames if f is not None])
     return EpisodeOutcome(seed=seed, success=bool(success), ticks=twin.tick, chunks=stats.chunks, held_ticks=held,
                           limited_ticks=limited, max_step_rad=max_step, video=str(video) if video else None,
-                          limited_by_cause={c: by_cause[c] for c in LIMIT_CAUSES})
+                          limited_by_cause={c: by_cause[c] for c in LIMIT_CAUSES}, estop=safety.estop_reason)
 
 
 def _arm_joints(q14: np.ndarray) -> np.ndarray:

@@ -146,6 +146,11 @@ class SafetyFilter:
     def estopped(self) -> bool:
         return self._estop_reason is not None
 
+    @property
+    def estop_reason(self) -> str:
+        """Why the e-stop is latched ("" when it is not)."""
+        return self._estop_reason or ""
+
     def _forget(self) -> None:
         self._last, self._last_time = None, -math.inf
         self._velocity = np.zeros(STATE_DIM)

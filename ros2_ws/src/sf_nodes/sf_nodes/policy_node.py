@@ -36,6 +36,7 @@ from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, JOINT_NAMES, PIPE
 from sf_policy.record.images import image_to_rgb
 from sf_policy.runtime.safety import SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
+from sf_policy.runtime.watchdog import DEFAULT_MAX_DURATION, DEFAULT_MAX_ERROR, TrackingWatchdog
 
 from .common import (COMMAND_QOS, ERROR, OK, PROMPT_QOS, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher,
                      header, ordered_positions, publish_diagnostics, run_node, stamp_to_ns)
@@ -83,6 +84,10 @@ class PolicyNode(LifecycleNode):
         self.on_error = p("on_error", "hold").value
         self.max_obs_age = float(p("max_obs_age", 0.2).value)
         self.velocity_scale = float(p("velocity_scale", 0.5).value)
+        # The tracking watchdog: an arm joint this far (rad) from its command for this long (s)
+        # latches the e-stop (a collision, a blocked arm, a dead motor); max_error 0 turns it off.
+        self.tracking_max_error = float(p("tracking_max_error", DEFAULT_MAX_ERROR).value)
+        self.tracking_max_duration = float(p("tracking_max_duration", DEFAULT_MAX_DURATION).value)
         # The robot YAML's joint limits, which the drivers and the teleop link honour ("": factory limits)
         self.robot_config = p("robot_config", "").value
         self.dry_run = bool(p("dry_run", False).value)
@@ -102,6 +107,8 @@ class PolicyNode(LifecycleNode):
         limits = load_robot_config(self.robot_config).limits if self.robot_config else dict(PIPER_LIMITS)
         self.safety = SafetyFilter(limits, period=1.0 / self.rate, velocity_scale=self.velocity_scale,
                                    max_obs_age=self.max_obs_age)
+        self.watchdog = (TrackingWatchdog(self.tracking_max_error, self.tracking_max_duration)
+                         if self.tracking_max_error > 0 else None)
         self._timer = None
         self._observed_ns = 0
         self._chunks_published = 0
@@ -214,6 +221,12 @@ class PolicyNode(LifecycleNode):
                                                 position=command.tolist()))
         state = sample["state"] if sample is not None else None
         decision = self.safety.filter(command, state, None if stamp is None else now - stamp, now)
+        if self.watchdog is not None and not self.safety.estopped:
+            tripped = self.watchdog.update(decision.action, state, now)
+            if tripped:
+                self.safety.estop(tripped)
+                self.get_logger().error(f"e-stop: {tripped}; ~/resume once the arm is free")
+                decision = self.safety.filter(command, state, None if stamp is None else now - stamp, now)
         if decision.action is None:
             self.holds += 1
             if decision.reason != self.hold_reason:
@@ -257,6 +270,8 @@ class PolicyNode(LifecycleNode):
 
     def _on_resume(self, request, response):
         self.safety.reset()
+        if self.watchdog is not None:
+            self.watchdog.reset()
         response.success, response.message = True, "resumed"
         return response
 
@@ -270,7 +285,7 @@ class PolicyNode(LifecycleNode):
             values += [(k, v) for k, v in vars(s).items()]
             values += filter_diagnostics(self.safety, self.scheduler.last_tick_info)
             if self.safety.estopped:
-                level, message = ERROR, "e-stopped"
+                level, message = ERROR, f"e-stopped: {self.safety.estop_reason}"
             elif self.hold_reason:
                 level, message = WARN, f"holding: {self.hold_reason}"
             else:
