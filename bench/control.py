@@ -107,6 +107,31 @@ def figures(received, period, seconds, latency, mode, stats, holds) -> dict:
     }
 
 
+def safety_cost(ticks: int = 3000) -> dict:
+    """Microseconds per tick of the safety path on this CPU, side by side: the filter alone, with
+    the workspace guard (forward kinematics of both arms, table, boxes, arm-to-arm distance), and
+    the tracking watchdog, on a sway around the home pose."""
+    from sf_policy.runtime.safety import SafetyFilter
+    from sf_policy.runtime.watchdog import TrackingWatchdog
+    from sf_policy.runtime.workspace import Box, Workspace, WorkspaceGuard
+
+    home = np.array([0.0, 0.6, -0.9, 0.0, 0.5, 0.0, 0.035] * 2)
+    sway = home + 0.2 * np.sin(np.arange(ticks)[:, None] / 30.0 + np.arange(14))
+    guard = WorkspaceGuard(Workspace(keep_out=(Box("mast", (-0.05, 0.3, 0.74), (0.05, 0.4, 1.4)),)))
+    out = {}
+    for name, make, dog in (("filter", lambda: SafetyFilter(), None),
+                            ("filter+workspace", lambda: SafetyFilter(workspace=guard), None),
+                            ("filter+workspace+watchdog", lambda: SafetyFilter(workspace=guard), TrackingWatchdog())):
+        f = make()
+        started = time.perf_counter()
+        for k, q in enumerate(sway):
+            decision = f.filter(q, q, 0.0, k / 30.0)
+            if dog is not None:
+                dog.update(decision.action, q, k / 30.0)
+        out[name] = round((time.perf_counter() - started) / ticks * 1e6, 1)
+    return {"us_per_tick": out, "ticks": ticks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -121,6 +146,8 @@ def main() -> None:
           f"tick jitter p99 {result['tick_period_jitter_ms']['p99']:.2f} ms  "
           f"arrival period p1/p99 {result['arrival_period_ms']['p1']:.1f}/{result['arrival_period_ms']['p99']:.1f} ms")
     print(f"  starved ticks {result['scheduler'].get('starved')}  held ticks {result['held_ticks']}")
+    result["safety_cost"] = safety_cost()
+    print(f"  safety path per tick (us): {result['safety_cost']['us_per_tick']}")
     print(f"written: {write_results('control', result, args.results_dir)}")
 
 

@@ -93,6 +93,7 @@ def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps:
                          "success_rate": summary["success_rate"], "ci95": summary["ci95"],
                          "time_to_success_s": summary["mean_success_seconds"],
                          "limited_fraction": summary["limited_fraction"], "held_fraction": summary["held_fraction"],
+                         "estops": [e.estop for e in result.episodes if e.estop],
                          **smoothness(result.traces, PERIOD), "wall_s": round(time.perf_counter() - started, 1)})
             print(f"{mode:8s} {latency_ms} ms: {result.successes}/{episodes}, jump max "
                   f"{rows[-1]['boundary_jump_max_rad']:.3f} rad, jerk {rows[-1]['jerk_rms_rad_s3']:.0f}, "

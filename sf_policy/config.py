@@ -7,6 +7,7 @@ anything touches the hardware. Files are plain YAML so they diff well; see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,13 @@ class RobotConfig:
     path: Path
     arms: dict[str, ArmConfig]
     limits: dict[str, JointLimit] = field(default_factory=lambda: dict(PIPER_LIMITS))
+    workspace: Any = None  # runtime.workspace.Workspace, from the optional ``workspace`` section
 
 
 def load_robot_config(path: str | Path) -> RobotConfig:
     path = Path(path)
     top = _Fields(path, "", load_yaml(path))
-    top.reject_unknown({"arms", "limits"})
+    top.reject_unknown({"arms", "limits", "workspace"})
     arms_node = _Fields(path, "arms", top.get("arms", dict))
     arms: dict[str, ArmConfig] = {}
     for side, spec in arms_node.data.items():
@@ -107,7 +109,48 @@ def load_robot_config(path: str | Path) -> RobotConfig:
             raise ConfigError(path, f"arms.{arm.side}.can_port",
                               f"{arm.can_port!r} is already used by arms.{ports[key]}; each arm needs its own CAN bus")
         ports[key] = arm.side
-    return RobotConfig(path, arms, _load_limits(path, top.get("limits", dict, {})))
+    workspace = _load_workspace(path, top.get("workspace", dict)) if "workspace" in top.data else None
+    return RobotConfig(path, arms, _load_limits(path, top.get("limits", dict, {})), workspace)
+
+
+def _point(f: _Fields, key: str, value) -> tuple[float, float, float]:
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise f.error(key, f"expected [x, y, z] in metres, got {value!r}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _load_workspace(path: Path, data: dict):
+    """The workspace guard's geometry (sf_policy/runtime/workspace.py); unset fields keep the
+    AgileX layout the twin stands in."""
+    from .runtime.workspace import Box, Workspace
+
+    f = _Fields(path, "workspace", data)
+    f.reject_unknown({"bases", "table_z", "keep_out", "min_arm_distance", "link_radius", "tip_clearance"})
+    default = Workspace()
+    bases = dict(default.bases)
+    b = _Fields(path, "workspace.bases", f.get("bases", dict, {}))
+    b.reject_unknown(set(SIDES))
+    for side, spec in b.data.items():
+        s = _Fields(path, f"workspace.bases.{side}", spec)
+        s.reject_unknown({"pos", "yaw"})
+        bases[side] = (_point(s, "pos", s.get("pos", list)), s.get("yaw", float))
+    table_z = f.get("table_z", (float, type(None)), default.table_z)
+    boxes = []
+    k = _Fields(path, "workspace.keep_out", f.get("keep_out", dict, {}))
+    for name, corners in k.data.items():
+        if not isinstance(corners, list) or len(corners) != 2:
+            raise k.error(str(name), f"expected [[x, y, z] min, [x, y, z] max], got {corners!r}")
+        low, high = _point(k, str(name), corners[0]), _point(k, str(name), corners[1])
+        if not all(lo < hi for lo, hi in zip(low, high)):
+            raise k.error(str(name), f"min {list(low)} is not below max {list(high)} on every axis")
+        boxes.append(Box(str(name), low, high))
+    sizes = {key: f.get(key, float, getattr(default, key)) for key in ("min_arm_distance", "link_radius",
+                                                                         "tip_clearance")}
+    for key, value in sizes.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise f.error(key, f"must be a distance >= 0 in metres, got {value}")
+    return Workspace(bases=bases, table_z=table_z, keep_out=tuple(boxes), **sizes)
 
 
 def _load_limits(path: Path, data: dict) -> dict[str, JointLimit]:

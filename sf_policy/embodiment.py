@@ -148,3 +148,12 @@ def arm_positions(names, positions) -> np.ndarray:
     if missing:
         raise ValueError(f"missing joints {', '.join(missing)} (names given: {', '.join(names)})")
     return np.array([by_name[n] for n in ARM_STATE_NAMES], dtype=float)
+
+
+# Modified DH of the Piper (piper_sdk, dh_is_offset=1, the firmware default), SI units: link
+# i+1's frame is RotX(alpha) TransX(a) RotZ(theta + q) TransZ(d) in link i's. The twin's MJCF
+# (sim/piper_mjcf.py) and the workspace guard's kinematics (runtime/workspace.py) use it.
+DH_A = (0.0, 0.0, 0.28503, -0.02198, 0.0, 0.0)
+DH_ALPHA = (0.0, -math.pi / 2, 0.0, math.pi / 2, -math.pi / 2, math.pi / 2)
+DH_THETA = (0.0, math.radians(-172.22), math.radians(-102.78), 0.0, 0.0, 0.0)
+DH_D = (0.123, 0.0, 0.0, 0.25075, 0.0, 0.091)

@@ -49,8 +49,9 @@ def test_reset_forgets_the_command():
 def test_an_arm_driven_into_the_table_is_stopped_in_the_twin():
     """The runtime (scheduler + safety filter + watchdog) drives the right shoulder down into the
     table: the arm stops against it, the watchdog latches the e-stop naming right_joint2 and
-    nothing more is commanded."""
-    from sf_policy.eval.sim import run_episode
+    nothing more is commanded. The workspace guard would hold the arm above the table first, so
+    it is off here: the table stands for an obstacle no configuration knows about."""
+    from sf_policy.eval.sim import RuntimeSettings, run_episode
     from sf_policy.eval.trace import EpisodeTrace
     from sf_policy.sim.twin import Twin
 
@@ -62,7 +63,8 @@ def test_an_arm_driven_into_the_table_is_stopped_in_the_twin():
     twin = Twin("lift_pot", cameras=())
     trace = EpisodeTrace(seed=0)
     try:
-        outcome = run_episode(twin, into_the_table, 0, latency_ticks=1, max_ticks=150, trace=trace)
+        outcome = run_episode(twin, into_the_table, 0, latency_ticks=1, max_ticks=150, trace=trace,
+                              runtime=RuntimeSettings(workspace_guard=False))
     finally:
         twin.close()
     assert outcome.estop.startswith("tracking: right_joint2 stayed"), outcome.estop
@@ -70,3 +72,23 @@ def test_an_arm_driven_into_the_table_is_stopped_in_the_twin():
     stopped = int(np.flatnonzero(np.isnan(commands).all(axis=1))[-1])
     assert np.isnan(commands[-20:]).all()  # held from the trip on
     assert outcome.held_ticks > 20 and stopped == len(commands) - 1
+
+
+def test_with_the_workspace_guard_the_same_plan_stops_above_the_table():
+    from sf_policy.eval.sim import run_episode
+    from sf_policy.sim.piper_mjcf import TABLE_TOP_Z
+    from sf_policy.sim.twin import Twin
+
+    def into_the_table(observation):
+        chunk = np.repeat(np.asarray(observation["state"], np.float64)[None], 50, axis=0)
+        chunk[:, 8] = np.minimum(observation["state"][8] + 0.05 * np.arange(1, 51), 2.6)
+        return chunk
+
+    twin = Twin("lift_pot", cameras=())
+    try:
+        outcome = run_episode(twin, into_the_table, 0, latency_ticks=1, max_ticks=150)
+        lowest = min(twin.body_pos(f"right_link{i}")[2] for i in range(2, 7))
+    finally:
+        twin.close()
+    assert outcome.estop == "" and outcome.held_ticks > 50  # held by the guard, never blocked
+    assert lowest > TABLE_TOP_Z + 0.02

@@ -30,6 +30,7 @@ from ..runtime.clock import ManualClock
 from ..runtime.safety import LIMIT_CAUSES, POSITION, SafetyFilter
 from ..runtime.scheduler import ChunkScheduler, policy_infer
 from ..runtime.watchdog import TrackingWatchdog
+from ..runtime.workspace import WorkspaceGuard
 from ..sim.twin import CONTROL_HZ, Twin
 from .trace import EpisodeTrace, limit_shares, plot_trace
 
@@ -132,6 +133,7 @@ class RuntimeSettings:
     mode: str = "blend"
     blend_steps: int = 10
     velocity_scale: float = 0.5
+    workspace_guard: bool = True  # the safety filter's workspace rule (the twin's geometry)
 
 
 def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 3,
@@ -151,7 +153,8 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
     scheduler = ChunkScheduler(model, period=PERIOD, execute_steps=runtime.execute_steps,
                                refill_at=runtime.refill_at, mode=runtime.mode, blend_steps=runtime.blend_steps,
                                clock=clock, name=f"sim-eval-{seed}")
-    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale)
+    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale,
+                          workspace=WorkspaceGuard() if runtime.workspace_guard else None)
     watchdog = TrackingWatchdog()  # as the policy node runs it
     frames: list[np.ndarray] = []
     held = limited = 0

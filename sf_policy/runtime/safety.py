@@ -21,7 +21,10 @@ was last commanded). Rules, in this order (the first that refuses wins; see docs
    ``gripper_speed``) and ``dt`` the time since that command, at most two periods;
 8. acceleration: the speed may grow by at most ``max_accel * dt`` per tick; slowing down is
    never limited (a safety filter must not delay a stop, and an unlimited brake cannot
-   overshoot the target).
+   overshoot the target);
+9. workspace (with a ``WorkspaceGuard``, sf_policy/runtime/workspace.py): a command that would
+   put a link into the table, a keep-out box or the other arm, deeper than the arm already is,
+   → hold, the reason naming the link and the zone.
 
 The first command after start, an e-stop reset, a clock jump or a pause longer than five
 periods starts from the measured state at zero speed, so the arm ramps to the plan instead
@@ -58,8 +61,9 @@ POSITION, SPEED, ACCEL = "position", "speed", "accel"
 LIMIT_CAUSES = (POSITION, SPEED, ACCEL)
 
 #: Reason codes of a decision (``SafetyDecision.code``).
-OK, ESTOP, NO_COMMAND, MALFORMED, NON_FINITE, NO_STATE, STALE, CLOCK, ERROR = (
-    "ok", "estop", "no_command", "malformed", "non_finite", "no_state", "stale_observation", "clock", "error")
+OK, ESTOP, NO_COMMAND, MALFORMED, NON_FINITE, NO_STATE, STALE, CLOCK, ERROR, WORKSPACE = (
+    "ok", "estop", "no_command", "malformed", "non_finite", "no_state", "stale_observation", "clock", "error",
+    "workspace")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class SafetyFilter:
     def __init__(self, limits: dict[str, JointLimit] | None = None, *, period: float = 1.0 / 30.0,
                  velocity_scale: float = DEFAULT_VELOCITY_SCALE, gripper_speed: float | None = None,
                  max_accel: float = DEFAULT_MAX_ACCEL, gripper_accel: float = DEFAULT_GRIPPER_ACCEL,
-                 max_obs_age: float = DEFAULT_MAX_OBS_AGE, max_obs_future: float = DEFAULT_MAX_OBS_FUTURE):
+                 max_obs_age: float = DEFAULT_MAX_OBS_AGE, max_obs_future: float = DEFAULT_MAX_OBS_FUTURE,
+                 workspace=None):
+        """``workspace``: a ``WorkspaceGuard`` (rule 9), or None for joint limits only."""
         limits = dict(limits or PIPER_LIMITS)
         missing = [n for n in ARM_STATE_NAMES if n not in limits]
         if missing:
@@ -114,6 +120,7 @@ class SafetyFilter:
         if not (math.isfinite(max_obs_future) and max_obs_future >= 0.0):
             raise ValueError(f"max_obs_future must be >= 0, got {max_obs_future}")
         self.period = float(period)
+        self.workspace = workspace
         self.max_obs_age, self.max_obs_future = float(max_obs_age), float(max_obs_future)
         self.lower = _per_entry([limits[n].lower for n in ARM_STATE_NAMES])
         self.upper = _per_entry([limits[n].upper for n in ARM_STATE_NAMES])
@@ -228,6 +235,10 @@ class SafetyFilter:
         # reference and target are inside the limits and the step goes part of the way from one
         # to the other, so the result is too; the clip only guards against rounding.
         action = np.clip(reference + step, self.lower, self.upper)
+        if self.workspace is not None:
+            refusal = self._workspace_refusal(action, measured)
+            if refusal:  # the last command stands: the arm holds outside the zone
+                return SafetyDecision(None, refusal, code=WORKSPACE)
         if dt > 0.0:
             self._velocity = step / dt
         self._last, self._last_time = action, now
@@ -238,6 +249,15 @@ class SafetyFilter:
             reasons.append(f"rate-limited: {_names(limited)}")
         return SafetyDecision(action.copy(), "; ".join(reasons), bool(clamped.any()), bool(limited.any()), OK,
                               _name_tuple(clamped), _name_tuple(limited), causes)
+
+    def _workspace_refusal(self, action: np.ndarray, measured: np.ndarray) -> str:
+        depth, what = self.workspace.penetration(action)
+        if depth <= 0.0:
+            return ""
+        already, _ = self.workspace.penetration(measured)
+        if depth <= already + 1e-4:  # the arm is in there already: moving out (or staying) is allowed
+            return ""
+        return f"workspace: the command would put the {what}, {depth * 100:.1f} cm in; holding"
 
     # --- reporting -----------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

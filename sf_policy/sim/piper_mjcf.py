@@ -17,13 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..embodiment import ARM_JOINTS, PIPER_LIMITS
+from ..embodiment import ARM_JOINTS, DH_A, DH_ALPHA, DH_D, DH_THETA, PIPER_LIMITS  # noqa: F401 (ik.py reads DH here)
 
-# Modified DH of the Piper (piper_sdk, dh_is_offset=1, the firmware default), SI units.
-DH_A = (0.0, 0.0, 0.28503, -0.02198, 0.0, 0.0)
-DH_ALPHA = (0.0, -math.pi / 2, 0.0, math.pi / 2, -math.pi / 2, math.pi / 2)
-DH_THETA = (0.0, math.radians(-172.22), math.radians(-102.78), 0.0, 0.0, 0.0)
-DH_D = (0.123, 0.0, 0.0, 0.25075, 0.0, 0.091)
 
 LINK_MASS = (0.71, 1.17, 0.50, 0.38, 0.38, 0.31)  # kg, link1..link6
 FINGER_MASS = 0.05

@@ -37,6 +37,7 @@ from sf_policy.record.images import image_to_rgb
 from sf_policy.runtime.safety import SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
 from sf_policy.runtime.watchdog import DEFAULT_MAX_DURATION, DEFAULT_MAX_ERROR, TrackingWatchdog
+from sf_policy.runtime.workspace import WorkspaceGuard
 
 from .common import (COMMAND_QOS, ERROR, OK, PROMPT_QOS, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher,
                      header, ordered_positions, publish_diagnostics, run_node, stamp_to_ns)
@@ -104,9 +105,14 @@ class PolicyNode(LifecycleNode):
         self.images: dict[str, Image] = {}
         self.states: dict[str, JointState] = {}
         self.scheduler: ChunkScheduler | None = None
-        limits = load_robot_config(self.robot_config).limits if self.robot_config else dict(PIPER_LIMITS)
+        # The workspace guard: commands into the table, keep-out boxes or the other arm are held
+        # (geometry: the robot YAML's workspace section, else AgileX's layout as in the twin).
+        self.workspace_guard = bool(p("workspace_guard", True).value)
+        robot = load_robot_config(self.robot_config) if self.robot_config else None
+        limits = robot.limits if robot else dict(PIPER_LIMITS)
+        guard = WorkspaceGuard(robot.workspace if robot else None) if self.workspace_guard else None
         self.safety = SafetyFilter(limits, period=1.0 / self.rate, velocity_scale=self.velocity_scale,
-                                   max_obs_age=self.max_obs_age)
+                                   max_obs_age=self.max_obs_age, workspace=guard)
         self.watchdog = (TrackingWatchdog(self.tracking_max_error, self.tracking_max_duration)
                          if self.tracking_max_error > 0 else None)
         self._timer = None
