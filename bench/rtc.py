@@ -7,7 +7,9 @@ at simulated inference latencies of 100, 200 and 300 ms (3, 6, 9 ticks), for the
 three ways of joining chunks: ``replace`` (no merge), ``blend`` (the linear cross-fade) and
 ``rtc`` (sf_policy/model/rtc.py). Per row: success with its Wilson interval, time to success,
 the chunk-boundary jump (largest change of an arm joint's command at the ticks a chunk took
-over, rad), jerk (RMS of the commands' third difference / period^3, rad/s^3, arm joints) and
+over, rad), the chunk disagreement (at each merge, the largest |new chunk − plan| over the
+steps both cover: how much consecutive chunks disagree, which blending hides and RTC should
+remove), jerk (RMS of the commands' third difference / period^3, rad/s^3, arm joints) and
 the share of ticks the safety filter limited. The flow noise is seeded per row, so the rows
 differ by the merge rule only.
 
@@ -94,6 +96,8 @@ def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps:
                          "time_to_success_s": summary["mean_success_seconds"],
                          "limited_fraction": summary["limited_fraction"], "held_fraction": summary["held_fraction"],
                          "estops": [e.estop for e in result.episodes if e.estop],
+                         "disagreement_rad": float(np.mean([e.disagreement_rad for e in result.episodes
+                                                            if e.disagreement_rad is not None] or [np.nan])),
                          **smoothness(result.traces, PERIOD), "wall_s": round(time.perf_counter() - started, 1)})
             print(f"{mode:8s} {latency_ms} ms: {result.successes}/{episodes}, jump max "
                   f"{rows[-1]['boundary_jump_max_rad']:.3f} rad, jerk {rows[-1]['jerk_rms_rad_s3']:.0f}, "
@@ -141,12 +145,13 @@ def report(figures: dict, path: Path) -> None:
                   f"{cl['seed']}–{cl['seed'] + cl['episodes'] - 1}, {cl['num_steps']} flow steps; latency "
                   "simulated (the twin waits), runtime defaults (execute 25, refill 15, blend 10).", "",
                   "| latency | mode | success | Wilson 95 % | time to success | boundary jump max / mean (rad) "
-                  "| jerk RMS (rad/s³) | limited ticks |", "|---|---|---|---|---|---|---|---|"]
+                  "| chunk disagreement (rad) | jerk RMS (rad/s³) | limited ticks |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in cl["rows"]:
             tts = f"{r['time_to_success_s']:.1f} s" if r["time_to_success_s"] is not None else "–"
             lines.append(f"| {r['latency_ms']} ms | {r['mode']} | {r['successes']}/{r['episodes']} | "
                          f"{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%} | {tts} | {r['boundary_jump_max_rad']:.3f} / "
-                         f"{r['boundary_jump_mean_rad']:.3f} | {r['jerk_rms_rad_s3']:.0f} | "
+                         f"{r['boundary_jump_mean_rad']:.3f} | {r['disagreement_rad']:.3f} | {r['jerk_rms_rad_s3']:.0f} | "
                          f"{r['limited_fraction']:.1%} |")
         lines.append("")
     if figures.get("cost"):

@@ -229,6 +229,7 @@ def test_rtc_joins_disagreeing_chunks_where_replace_jumps(rigs):
     joined, replaced = rtc.run(200), replace.run(200)
     assert rtc.sched.stats().chunks > 5 and rtc.sched.stats().starved == 0
     assert max_jump(replaced) == pytest.approx(gap + slope, rel=1e-9)
+    assert replace.sched.stats().disagreement_max == pytest.approx(gap, rel=1e-9)  # what each switch faced
     # the switch lands inside the hard-masked delay: the new chunk equals the plan there, and its
     # soft tail moves at most gap * (the largest weight step) per tick
     assert max_jump(joined) < slope + 0.35 * gap

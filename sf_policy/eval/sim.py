@@ -61,6 +61,7 @@ class EpisodeOutcome:
     video: str | None = None
     limited_by_cause: dict[str, int] = field(default_factory=dict)  # ticks with a speed/accel/position change
     estop: str = ""             # why the tracking watchdog stopped the arms, if it did
+    disagreement_rad: float | None = None  # mean |new chunk − plan| where they overlap, per merge
     trace: str | None = None    # the per-tick trace (.npz) and its plot (.png), when kept
 
 
@@ -210,7 +211,8 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
         write_video(video, [f for f in frames if f is not None])
     return EpisodeOutcome(seed=seed, success=bool(success), ticks=twin.tick, chunks=stats.chunks, held_ticks=held,
                           limited_ticks=limited, max_step_rad=max_step, video=str(video) if video else None,
-                          limited_by_cause={c: by_cause[c] for c in LIMIT_CAUSES}, estop=safety.estop_reason)
+                          limited_by_cause={c: by_cause[c] for c in LIMIT_CAUSES}, estop=safety.estop_reason,
+                          disagreement_rad=stats.disagreement_mean)
 
 
 def _arm_joints(q14: np.ndarray) -> np.ndarray:

@@ -89,6 +89,10 @@ class SchedulerStats:
     refill_at: int = 0           # the refill threshold in use (adapts to latency when adaptive)
     guided: int = 0              # rtc: requests that carried the plan as a prefix
     inference_delay: int | None = None  # rtc: the delay (ticks) the last guided request expected
+    #: Largest |new chunk − plan| over the steps both cover, at each merge (mean and max so far):
+    #: how much consecutive chunks disagree where they overlap (what blending hides, RTC removes).
+    disagreement_mean: float | None = None
+    disagreement_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,7 @@ class ChunkScheduler:
         self._chunk_age: int | None = None
         self._last_skip = 0
         self._last_delay: int | None = None
+        self._disagreements: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._remaining = 0
         # the control thread's own
         self._plan: np.ndarray | None = None   # [n, 14], row 0 at tick _plan_start
@@ -386,6 +391,10 @@ class ChunkScheduler:
                         self.name, skip, horizon)
             return
         new = chunk[skip:horizon]
+        overlap = self._remaining_from(k)[:len(new)]
+        if len(overlap):  # how far the new chunk is from the plan it replaces, where both have a step
+            with self._cond:
+                self._disagreements.append(float(np.abs(new[:len(overlap)] - overlap).max()))
         merged = new.copy()
         weight = np.ones(len(new))
         width = min(self.blend_steps, len(new)) if self.mode == "blend" else 0  # rtc: the model did the joining
@@ -516,4 +525,6 @@ class ChunkScheduler:
                 last_error=self._last_error, skipped_steps=c["skipped_steps"], last_skip=self._last_skip,
                 latency_p50_s=p50, latency_p99_s=p99, latency_max_s=worst, chunk_age_ticks=self._chunk_age,
                 remaining=self._remaining, in_flight=self._busy, refill_at=self._refill, guided=c["guided"],
-                inference_delay=self._last_delay)
+                inference_delay=self._last_delay,
+                disagreement_mean=float(np.mean(self._disagreements)) if self._disagreements else None,
+                disagreement_max=max(self._disagreements, default=None))
