@@ -93,6 +93,7 @@ def sim_cmd(
                                      "(refused by default; the report then says 'seen scenes')."),
     plots: int = typer.Option(3, help="Episodes per checkpoint whose trace (target, command, state) is plotted."),
     noise_scale: float = typer.Option(1.0, help="Initial flow noise scale (sampling temperature; 1 = π0's)."),
+    mode: str = typer.Option("blend", help="How chunks join: blend, replace or rtc (real-time chunking)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
 ):
     """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side, with
@@ -113,11 +114,16 @@ def sim_cmd(
             raise typer.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
     if noise_scale < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--noise-scale")
+    from .eval.sim import RuntimeSettings
+    from .runtime.scheduler import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(MODES)}, got {mode!r}", param_hint="--mode")
     try:
         results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label, num_steps=num_steps,
                                        device=device, latency_ticks=latency_ticks, width=size, height=size,
                                        videos=video, expert=expert, plots=plots, seen_scenes=seen_scenes,
-                                       noise_scale=noise_scale)
+                                       noise_scale=noise_scale, runtime=RuntimeSettings(mode=mode))
     except SeenScenesError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None

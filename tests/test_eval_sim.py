@@ -191,3 +191,12 @@ def test_a_jittery_policy_is_limited_by_acceleration_and_the_trace_says_so(twin,
     assert quiet["by_cause"]["accel"] < 0.1
     assert noisy["by_cause"]["accel"] > 0.5 and noisy["by_cause"]["accel"] > 5 * quiet["by_cause"]["accel"]
     assert "right_joint2" in noisy["by_joint"]
+
+
+def test_sim_cli_refuses_an_unknown_merge_mode(tmp_path):
+    from typer.testing import CliRunner
+
+    from sf_policy.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--mode", "inpaint"])
+    assert result.exit_code == 2 and "blend, replace, rtc" in " ".join(result.output.split()), result.output
