@@ -13,11 +13,14 @@ remove), jerk (RMS of the commands' third difference / period^3, rad/s^3, arm jo
 the share of ticks the safety filter limited. The flow noise is seeded per row, so the rows
 differ by the merge rule only.
 
-Cost (``--cost``): one chunk of the tiny π0 with and without guidance, side by side on this
+Inpainting (open loop, the same checkpoint): on observations of held-out scenes, how much
+closer the guided chunk comes to the chunk it continues, unguided vs β = 5, 20, 100.
+
+Cost: one chunk of the tiny π0 with and without guidance, side by side on this
 machine (a ratio; absolute times only from a GPU).
 
   .venv/bin/python bench/rtc.py --checkpoint RUN/checkpoints/step_024000 --episodes 10
-  .venv/bin/python bench/rtc.py --cost-only
+  .venv/bin/python bench/rtc.py --parts cost
 
 Writes bench/results/rtc.json; ``--report DIR`` also writes DIR/rtc.md (docs/results for the
 committed run).
@@ -26,6 +29,7 @@ committed run).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_results  # noqa: E402
+from _common import RESULTS, machine, write_results  # noqa: E402
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -105,6 +109,52 @@ def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps:
     return rows
 
 
+def inpainting(checkpoint: str, task: str, seed: int, scenes: int = 8, delay: int = 6,
+               guidance: tuple[float, ...] = (5.0, 20.0, 100.0)) -> dict:
+    """Open loop, on twin observations of held-out scenes (one per scene, 2 s into the scripted
+    expert's episode): chunk A; then chunk B of the same observation guided toward A's steps from
+    ``delay`` on (as if A had been executing for ``delay`` ticks), and chunk F unguided with B's
+    noise. How much closer guidance brings the new chunk to the old one where they overlap (arm
+    joints, rad): over the frozen steps (i < delay) and the soft-masked rest."""
+    import torch
+
+    from sf_policy.embodiment import GRIPPER_INDICES, STATE_DIM
+    from sf_policy.runtime.inference import load_for_inference
+    from sf_policy.sim.experts import make_expert
+    from sf_policy.sim.twin import Twin
+
+    arms = [i for i in range(STATE_DIM) if i not in GRIPPER_INDICES]
+    policy = load_for_inference(checkpoint, device="cpu")
+    twin = Twin(task, width=224, height=224)
+    rows = {beta: {"frozen": [], "soft": []} for beta in guidance}
+    free = {"frozen": [], "soft": []}
+    try:
+        for n, scene in enumerate(range(seed, seed + scenes)):
+            obs = twin.reset(scene)
+            expert = make_expert(twin)
+            for _ in range(60):
+                twin.step(expert.act())
+            obs = twin.observe()
+            sample = {"images": obs.images, "state": obs.state.astype(np.float32), "prompt": twin.info["prompt"]}
+            old = policy.predict([sample], generator=torch.Generator().manual_seed(n))[0]
+            prefix = old[delay:25]
+            unguided = policy.predict([sample], generator=torch.Generator().manual_seed(1000 + n))[0]
+            free["frozen"].append(np.abs(unguided[:delay] - prefix[:delay])[:, arms].max())
+            free["soft"].append(np.abs(unguided[delay:len(prefix)] - prefix[delay:])[:, arms].max())
+            for beta in guidance:
+                policy.configure_inference(max_guidance=beta)
+                guided = policy.predict([dict(sample, prefix_actions=prefix, inference_delay=delay)],
+                                        generator=torch.Generator().manual_seed(1000 + n))[0]
+                rows[beta]["frozen"].append(np.abs(guided[:delay] - prefix[:delay])[:, arms].max())
+                rows[beta]["soft"].append(np.abs(guided[delay:len(prefix)] - prefix[delay:])[:, arms].max())
+    finally:
+        twin.close()
+    mean = lambda values: float(np.mean(values))  # noqa: E731
+    return {"scenes": scenes, "seed": seed, "delay": delay,
+            "unguided": {k: mean(v) for k, v in free.items()},
+            "guided": {str(beta): {k: mean(v) for k, v in r.items()} for beta, r in rows.items()}}
+
+
 def guidance_cost(repeats: int = 5) -> dict:
     """Seconds per chunk of the tiny π0 on this machine, plain and guided, interleaved."""
     import torch
@@ -154,6 +204,16 @@ def report(figures: dict, path: Path) -> None:
                          f"{r['boundary_jump_mean_rad']:.3f} | {r['disagreement_rad']:.3f} | {r['jerk_rms_rad_s3']:.0f} | "
                          f"{r['limited_fraction']:.1%} |")
         lines.append("")
+    if figures.get("inpainting"):
+        p = figures["inpainting"]
+        lines += [f"Inpainting, open loop ({p['scenes']} held-out scenes from seed {p['seed']}, an old chunk "
+                  f"executing for d = {p['delay']} ticks): the new chunk's largest distance from the old one, "
+                  "arm joints, mean over scenes.", "",
+                  "| | frozen steps (i < d) | soft-masked steps |", "|---|---|---|",
+                  f"| unguided | {p['unguided']['frozen']:.4f} rad | {p['unguided']['soft']:.4f} rad |"]
+        lines += [f"| guided, β = {beta} | {g['frozen']:.4f} rad | {g['soft']:.4f} rad |"
+                  for beta, g in p["guided"].items()]
+        lines.append("")
     if figures.get("cost"):
         c = figures["cost"]
         lines += [f"Guidance cost ({c['model']}, {c['num_steps']} steps, side by side): plain "
@@ -173,16 +233,28 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=5000, help="first held-out scene")
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--max-ticks", type=int, default=None, help="cut episodes short (a smoke test)")
-    parser.add_argument("--cost-only", action="store_true", help="only the guidance cost")
+    parser.add_argument("--inpainting-scenes", type=int, default=8)
+    parser.add_argument("--parts", default="cost,inpainting,closed_loop",
+                        help="comma-separated: cost, inpainting, closed_loop (others kept from an earlier rtc.json)")
     parser.add_argument("--results-dir", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None, help="also write <dir>/rtc.md")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    if not args.cost_only and not args.checkpoint:
-        parser.error("--checkpoint is needed for the closed loop (or --cost-only)")
-    figures: dict = {"cost": guidance_cost()}
-    print(f"guidance cost: {figures['cost']['ratio']:.2f}x a plain chunk", flush=True)
-    if not args.cost_only:
+    parts = set(args.parts.split(","))
+    if parts - {"cost", "inpainting", "closed_loop"}:
+        parser.error(f"--parts: unknown {sorted(parts - {'cost', 'inpainting', 'closed_loop'})}")
+    if parts & {"inpainting", "closed_loop"} and not args.checkpoint:
+        parser.error("--checkpoint is needed for inpainting and closed_loop (or --parts cost)")
+    earlier = (args.results_dir or RESULTS) / "rtc.json"
+    figures: dict = {k: v for k, v in json.loads(earlier.read_text()).items()
+                     if k in ("cost", "inpainting", "closed_loop")} if earlier.is_file() else {}
+    if "cost" in parts:
+        figures["cost"] = guidance_cost()
+        print(f"guidance cost: {figures['cost']['ratio']:.2f}x a plain chunk", flush=True)
+    if "inpainting" in parts:
+        figures["inpainting"] = inpainting(args.checkpoint, args.task, args.seed, args.inpainting_scenes)
+        print(f"inpainting: {figures['inpainting']}", flush=True)
+    if "closed_loop" in parts:
         figures["closed_loop"] = {"checkpoint": args.checkpoint, "task": args.task, "episodes": args.episodes,
                                   "seed": args.seed, "num_steps": args.num_steps,
                                   "rows": closed_loop(args.checkpoint, args.task, args.episodes, args.seed,
