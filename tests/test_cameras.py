@@ -354,6 +354,7 @@ def stream_log(caplog):
     return caplog
 
 
+@pytest.mark.slow  # 5 s: the default tier stays under 5 minutes
 def test_stream_goes_stale_reports_once_reopens_and_recovers(tmp_path, stream_log):
     cfg = cv_config(write_video(tmp_path / "clip.avi"), fps=30.0, timeout_s=0.3)
     gate = Gate(OpenCVCamera(cfg))

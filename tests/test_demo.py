@@ -104,6 +104,7 @@ def test_sf_config_check_names_the_bad_field(tmp_path):
     assert "limits.joint2" in result.stdout and "inverted" in result.stdout
 
 
+@pytest.mark.slow  # 9 s: the default tier stays under 5 minutes
 def test_sf_launch_drivers_sim_teleop(ros):
     """`sf launch drivers --sim --mode teleop`: the master arms' wave reaches ROS, the puppets follow."""
     import threading
@@ -169,6 +170,7 @@ def test_sf_launch_twin_publishes_camera_images(ros):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.slow  # 3 s: the default tier stays under 5 minutes
 def test_sigterm_to_sf_launch_stops_its_nodes(tmp_path):
     """Nodes run in sessions of their own; `sf launch` must take them down when it is terminated."""
     import time

@@ -37,10 +37,11 @@ def test_sources_compile(version, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name, extra", [("arm_driver", []),
+@pytest.mark.parametrize("name, extra", [pytest.param("arm_driver", [], marks=pytest.mark.slow),  # 4 s
                                          pytest.param("camera_driver", ["--width", "160", "--height", "120"],
                                                       marks=pytest.mark.slow),  # 13 s
-                                         ("sim", ["--seeds", "0"]), ("control", []), ("record", []),
+                                         ("sim", ["--seeds", "0"]), ("control", []),
+                                         pytest.param("record", [], marks=pytest.mark.slow),  # 4 s
                                          ("inference", ["--repeats", "2", "--warmup", "1", "--steps", "2"])])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     """Not a timing test: the benchmark scripts must keep working and write their figures."""

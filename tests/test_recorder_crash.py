@@ -106,7 +106,7 @@ def assert_episode_0_intact(root: Path, frames_before: np.ndarray):
     return ds
 
 
-@pytest.mark.parametrize("moment", ["recording", "committing"])
+@pytest.mark.parametrize("moment", [pytest.param("recording", marks=pytest.mark.slow), "committing"])  # 5 s each
 def test_kill_9_of_the_recorder_leaves_a_valid_dataset(ros, tmp_path, sensors, moment):
     from sf_policy.data.validate import validate
 

@@ -642,6 +642,7 @@ def test_a_factory_is_loaded_at_startup_and_a_failing_one_stops_it(policy):
             pass
 
 
+@pytest.mark.slow  # 4 s: the default tier stays under 5 minutes
 def test_sf_serve_command_serves_a_checkpoint(checkpoint, tmp_path):
     port = free_port()
     env = dict(os.environ, SF_SERVE_TOKEN=TOKEN, PYTHONPATH=str(REPO))

@@ -193,6 +193,7 @@ def test_twin_with_the_software_link_moves_its_puppets_only_through_the_link(ros
     assert any(np.abs(np.array(puppets[s].last().position) - start[s]).max() > 0.1 for s in moved)
 
 
+@pytest.mark.slow  # 3 s: the default tier stays under 5 minutes
 def test_software_link_bringup_runs_as_processes(ros, tmp_path):
     """driver_nodes(link="software") with simulated arms, run by the launcher: master driver,
     puppet driver and link node in processes of their own; the puppet follows the master's wave."""

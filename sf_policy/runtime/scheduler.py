@@ -90,7 +90,8 @@ class SchedulerStats:
     guided: int = 0              # rtc: requests that carried the plan as a prefix
     inference_delay: int | None = None  # rtc: the delay (ticks) the last guided request expected
     #: Largest |new chunk − plan| over the steps both cover, at each merge (mean and max so far):
-    #: how much consecutive chunks disagree where they overlap (what blending hides, RTC removes).
+    #: how much consecutive chunks disagree where they overlap (what blending hides and RTC aims
+    #: to remove).
     disagreement_mean: float | None = None
     disagreement_max: float | None = None
 

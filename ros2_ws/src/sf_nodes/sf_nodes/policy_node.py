@@ -145,6 +145,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"{topics.PROMPT}: an empty prompt was ignored; still following {self.prompt!r}")
         elif prompt != self.prompt:
             self.prompt = prompt  # the next observation carries it
+            if self.scheduler is not None and self.scheduler.running:
+                self.scheduler.reset()  # the plan was for the old instruction (same thread as the tick)
             self.get_logger().info(f"prompt from {topics.PROMPT}: {prompt!r}")
 
     def _autostart(self) -> None:
