@@ -276,3 +276,37 @@ def test_a_failing_state_consumer_does_not_stop_can_feedback(channel):
             assert not arm.is_silent()
         finally:
             arm.close()
+
+
+def test_command_rate_upsamples_30_hz_targets_into_a_smooth_stream(ros, channel, tmp_path):
+    """command_rate 200: a 30 Hz ramp of commands with a jump (a chunk switch) reaches the arm as
+    ~200 Hz joint frames along a B-spline: more frames than commands, no frame-to-frame step
+    near the jump, settling on the last command."""
+    import struct
+
+    from sf_policy.sim.piper_can import JOINT_CTRL
+
+    with SimulatedPiper(channel, initial=REST) as sim:
+        make_driver(ros, write_robot(tmp_path, {"left": channel}), autostart=True, command_rate=200.0)
+        wait_for(lambda: sim.snapshot().motors_enabled, what="the driver to enable the motors on activate")
+        send = command_publisher(ros)
+        sim.received.clear()
+        commands = [REST + np.array([0.004 * k + (0.08 if k >= 15 else 0.0), 0, 0, 0, 0, 0, 0]) for k in range(30)]
+        for command in commands:
+            send(command)
+            time.sleep(1 / 30)
+        wait_for(lambda: abs(sim.snapshot().target[0] - commands[-1][0]) < 1e-4, timeout=5,
+                 what="the arm's target to settle on the last command")
+        joint1 = [struct.unpack(">ii", bytes(m.data[:8]))[0] / 180_000.0 * math.pi
+                  for m in list(sim.received) if m.arbitration_id == JOINT_CTRL[0]]
+    assert len(joint1) > 3 * len(commands)  # ~200 Hz, not 30
+    steps = np.abs(np.diff(joint1))
+    assert steps.max() < 0.08 / 3  # the 0.08 rad jump arrives spread over many frames
+    assert min(joint1) >= REST[0] - 1e-4 and max(joint1) <= commands[-1][0] + 1e-4  # never beyond the targets
+
+
+def test_a_bad_command_rate_is_refused_naming_the_parameter(ros, tmp_path):
+    from sf_policy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="command_rate"):
+        make_driver(ros, write_robot(tmp_path, {"left": "unused"}), command_rate=-5.0)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 import threading
 
+import numpy as np
+
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -26,6 +28,8 @@ from sf_policy import topics
 from sf_policy.config import ConfigError, load_robot_config
 from sf_policy.drivers.piper import ArmReading, ArmSilentError, PiperArm
 from sf_policy.embodiment import ARM_STATE_NAMES
+
+from sf_policy.runtime.upsample import BSplineUpsampler
 
 from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
                      ordered_positions, publish_diagnostics, run_node, stale_reason)
@@ -44,11 +48,16 @@ class PiperArmDriver(LifecycleNode):
         self.gripper_effort = p("gripper_effort", 1.0).value
         self.silence_timeout = p("silence_timeout", 0.25).value
         self.max_command_age = p("max_command_age", 0.2).value
+        # > 0: commands go to the arm at this rate (Hz) along a C² B-spline through the received
+        # targets (sf_policy/runtime/upsample.py; ~2-3 control periods of lag); 0: each as it comes.
+        self.command_rate = float(p("command_rate", 0.0).value)
         self.frame_id = p("frame_id", "").value or f"{self.side}_base_link"
         self.diagnostics_period = p("diagnostics_period", 1.0).value
         self.simulate = p("simulate", False).value
         self.autostart = p("autostart", False).value
         self._check_parameters()
+        self.upsampler = BSplineUpsampler(stale_s=self.max_command_age) if self.command_rate > 0 else None
+        self._upsample_timer = None
         self.arm: PiperArm | None = None
         self.sim = None
         self._active = False
@@ -64,6 +73,9 @@ class PiperArmDriver(LifecycleNode):
     def _check_parameters(self) -> None:
         if self.side not in ("left", "right"):
             raise ConfigError("(node parameters)", "side", f"expected left or right, got {self.side!r}")
+        if not 0 <= self.command_rate <= 1000:
+            raise ConfigError("(node parameters)", "command_rate",
+                              f"expected 0 (off) or a rate in Hz up to 1000, got {self.command_rate}")
         if self.mode not in MODES:
             raise ConfigError("(node parameters)", "mode", f"expected one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.robot_config:
@@ -115,12 +127,18 @@ class PiperArmDriver(LifecycleNode):
                 self.get_logger().error(f"cannot activate: {exc}")
                 return TransitionCallbackReturn.FAILURE
         self._active = True
+        if self.upsampler is not None and self.mode == "follow":
+            self.upsampler.reset()
+            self._upsample_timer = self.create_timer(1.0 / self.command_rate, self._send_upsampled)
         self.get_logger().info("active: " + ("executing commands on " + topics.arm_command(self.side)
                                              if self.mode == "follow" else f"{self.mode}, reading only"))
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._active = False
+        if self._upsample_timer is not None:
+            self._upsample_timer.cancel()
+            self._upsample_timer = None
         if self.mode == "follow":
             self.arm.disable()
         return TransitionCallbackReturn.SUCCESS
@@ -194,6 +212,24 @@ class PiperArmDriver(LifecycleNode):
             target = ordered_positions(msg)
         except ValueError as exc:
             return self._refuse(str(exc))
+        if self.upsampler is not None:  # the timer sends it, smoothed, at command_rate
+            if np.isfinite(target).all():
+                self.upsampler.push(self._now(), target)
+                return
+            return self._refuse("non-finite command")
+        self._send(target)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _send_upsampled(self) -> None:
+        if not self._active or self.arm is None:
+            return
+        target = self.upsampler.sample(self._now())
+        if target is not None:  # None: no fresh command: the arm holds where it was sent
+            self._send(target)
+
+    def _send(self, target) -> None:
         result = self.arm.command(target)
         if not result.sent:
             return self._refuse(result.reason)
@@ -215,6 +251,8 @@ class PiperArmDriver(LifecycleNode):
             response.success, response.message = False, "not configured"
             return response
         self.arm.emergency_stop()
+        if self.upsampler is not None:
+            self.upsampler.reset()  # resume starts from the next command, not from the old curve
         self.get_logger().error("EMERGENCY STOP requested; commands are refused until ~/resume")
         response.success, response.message = True, "emergency stop sent"
         return response
