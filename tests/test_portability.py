@@ -42,7 +42,8 @@ def test_sources_compile(version, tmp_path):
                                                       marks=pytest.mark.slow),  # 13 s
                                          ("sim", ["--seeds", "0"]), ("control", []),
                                          pytest.param("record", [], marks=pytest.mark.slow),  # 4 s
-                                         ("inference", ["--repeats", "2", "--warmup", "1", "--steps", "2"])])
+                                         ("inference", ["--repeats", "2", "--warmup", "1", "--steps", "2"]),
+                                         pytest.param("upsample", ["--seeds", "0"], marks=pytest.mark.slow)])
 def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     """Not a timing test: the benchmark scripts must keep working and write their figures."""
     import json
@@ -50,7 +51,8 @@ def test_benchmarks_run_and_write_results(tmp_path, name, extra):
     import sys
 
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    result = subprocess.run([sys.executable, f"bench/{name}.py", "--seconds", "1", "--results-dir", str(tmp_path),
+    duration = [] if name == "upsample" else ["--seconds", "1"]  # upsample replays whole episodes
+    result = subprocess.run([sys.executable, f"bench/{name}.py", *duration, "--results-dir", str(tmp_path),
                              *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads((tmp_path / f"{name}.json").read_text())
@@ -65,6 +67,9 @@ def test_benchmarks_run_and_write_results(tmp_path, name, extra):
         assert set(data["latency_ms"]) == {"transformers", "fast", "ours"}
         assert all(t["p50"] > 0 for t in data["latency_ms"].values())
         assert data["fast_vs_transformers_max_abs_diff"] < 1e-4
+    elif name == "upsample":
+        hold, spline = data["rows"]
+        assert spline["jerk_rms_rad_s3"] < hold["jerk_rms_rad_s3"] and spline["success"] and hold["success"]
     elif name == "record":
         assert data["frames"] > 0 and set(data["cameras"]) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}
     else:
