@@ -8,10 +8,11 @@ targets, which is C² everywhere — across chunk switches too — whatever the 
 
 What it costs and guarantees:
 
-* **lag**: the curve uses only targets already received and runs on its own clock, so a
-  target waits up to one period for the next segment and the curve is near it about two
-  periods later: 2–3 periods in all (70–100 ms at 30 Hz); it passes near, not through, each
-  target (within |P[k−1] − 2 P[k] + P[k+1]| / 6);
+* **lag**: the curve uses only targets already received and runs on its own clock (a target
+  waits up to one period for its segment, then the curve approaches it over the next ones):
+  in the twin the arm follows the 30 Hz targets 45 ms later (bench/upsample.py), where a
+  forwarded target is followed at once; it passes near, not through, each target (within
+  |P[k−1] − 2 P[k] + P[k+1]| / 6);
 * **never outside the targets**: every sample is a convex combination of four consecutive
   targets, so it stays within the joint limits and the rate limits the safety filter applied
   to them (per joint, between their minimum and maximum);

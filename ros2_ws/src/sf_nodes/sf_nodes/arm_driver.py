@@ -28,7 +28,6 @@ from sf_policy import topics
 from sf_policy.config import ConfigError, load_robot_config
 from sf_policy.drivers.piper import ArmReading, ArmSilentError, PiperArm
 from sf_policy.embodiment import ARM_STATE_NAMES
-
 from sf_policy.runtime.upsample import BSplineUpsampler
 
 from .common import (COMMAND_QOS, ERROR, OK, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher, header,
@@ -49,7 +48,7 @@ class PiperArmDriver(LifecycleNode):
         self.silence_timeout = p("silence_timeout", 0.25).value
         self.max_command_age = p("max_command_age", 0.2).value
         # > 0: commands go to the arm at this rate (Hz) along a C² B-spline through the received
-        # targets (sf_policy/runtime/upsample.py; ~2-3 control periods of lag); 0: each as it comes.
+        # targets (sf_policy/runtime/upsample.py; ~45 ms of lag at 30 Hz); 0: each as it comes.
         self.command_rate = float(p("command_rate", 0.0).value)
         self.frame_id = p("frame_id", "").value or f"{self.side}_base_link"
         self.diagnostics_period = p("diagnostics_period", 1.0).value
