@@ -19,7 +19,6 @@ import sys
 import threading
 
 import numpy as np
-
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
