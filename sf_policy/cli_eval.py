@@ -28,7 +28,7 @@ console = Console()
 
 @app.callback()
 def _group() -> None:
-    """Evaluate trained checkpoints."""  # a callback keeps `depth-probe` a subcommand even while it is the only one
+    """Evaluate trained checkpoints."""  # a callback: every command stays a subcommand (sf eval sim, replay, ...)
 
 
 @app.command("depth-probe")

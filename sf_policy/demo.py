@@ -1,4 +1,4 @@
-"""``sf demo``: the furthest end-to-end path so far, on a machine with no robot.
+"""``sf demo``: the stack end to end on a machine with no robot.
 
 ``run_record`` (the README's main job): the twin with its scripted operator working the
 recorder's pedal; the recorder node writes the episodes into a LeRobot v3 dataset, which

@@ -54,7 +54,10 @@ def test_tiny_run_writes_step_time_and_memory_of_the_three_variants(tmp_path):
     assert variants["sf_cache"]["trained_params"] > variants["baseline"]["trained_params"]  # + the projector
     assert positive(variants["sf_cache"]["targets_ms"]) and positive(variants["sf_online"]["targets_ms"])
     assert data["cache"]["frames"] > 0 and positive(data["cache"]["seconds"])
-    assert data["target"]["max_ratio"] == 1.05 and isinstance(data["target"]["met"], bool)
+    # the verdict follows from the figures it was given (not a restated constant)
+    ratio = variants["sf_cache"]["step_ms"]["median"] / variants["baseline"]["step_ms"]["median"]
+    assert data["target"]["sf_cache_ratio"] == pytest.approx(ratio, rel=1e-6)
+    assert data["target"]["met"] == (data["target"]["sf_cache_ratio"] <= data["target"]["max_ratio"])
 
 
 def test_full_preset_is_pi0_and_vggt_at_their_real_size():

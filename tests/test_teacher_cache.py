@@ -41,7 +41,7 @@ from sf_policy.teacher.cache import (
     _build_lock,
     build_cache,
     cache_teacher,
-    dataset_fingerprint,
+    pixel_fingerprint,
     decode,
     encode,
     file_sha256,
@@ -240,7 +240,7 @@ def test_appending_an_episode_makes_the_cache_stale(three_cams, teacher, tmp_pat
     # The fingerprint does not depend on the reader object or on the dataset's location.
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)
-    assert dataset_fingerprint(DatasetReader(moved)) == key.dataset["fingerprint"]
+    assert pixel_fingerprint(DatasetReader(moved)) == key.dataset["fingerprint"]
 
     with DatasetWriter.open(root) as writer:
         ep = writer.begin_episode("one more")
@@ -259,7 +259,7 @@ def test_appending_an_episode_makes_the_cache_stale(three_cams, teacher, tmp_pat
 def test_fingerprint_ignores_state_columns_but_not_video_bytes(three_cams, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(three_cams, root)
-    before = dataset_fingerprint(DatasetReader(root))
+    before = pixel_fingerprint(DatasetReader(root))
     data = DatasetReader(root).episodes[0].data_file
     table = pq.read_table(data)
     state = table.column(STATE).combine_chunks()
@@ -267,12 +267,12 @@ def test_fingerprint_ignores_state_columns_but_not_video_bytes(three_cams, tmp_p
     pq.write_table(table.set_column(table.column_names.index(STATE), STATE, doubled), data)
     reread = DatasetReader(root)
     assert np.allclose(reread.episode_column(0, STATE), 2 * DatasetReader(three_cams).episode_column(0, STATE))
-    assert dataset_fingerprint(reread) == before  # a state/action fix does not throw the cache away
+    assert pixel_fingerprint(reread) == before  # a state/action fix does not throw the cache away
     video = DatasetReader(root).episodes[1].videos["cam_left_wrist"].path
     raw = bytearray(video.read_bytes())
     raw[-100] ^= 0xFF  # same size, different content at the end (the mp4 sample table lives at an end)
     video.write_bytes(bytes(raw))
-    assert dataset_fingerprint(DatasetReader(root)) != before
+    assert pixel_fingerprint(DatasetReader(root)) != before
 
 
 def test_another_checkpoint_or_layer_or_storage_is_detected(three_cams, tmp_path, monkeypatch):

@@ -42,11 +42,11 @@ class DecodedFrames:
     def ensure(cls, root: str | Path, cache_root: str | Path | None = None, progress: bool = True,
                log=print) -> DecodedFrames:
         """The decoded frames of the dataset at ``root``, decoding what is not there yet."""
-        from ..teacher.cache import dataset_fingerprint
+        from ..teacher.cache import pixel_fingerprint
 
         reader = DatasetReader(root)
         try:
-            digest = dataset_fingerprint(reader)[:16]
+            digest = pixel_fingerprint(reader)[:16]
             folder = Path(cache_root) if cache_root else default_decoded_root()
             paths = {role: folder / f"{digest}-{role}.npy" for role in reader.camera_roles}
             missing = [role for role, path in paths.items() if not path.is_file()]

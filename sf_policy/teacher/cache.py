@@ -74,7 +74,7 @@ LOCK, BUILD_LOG = "build.lock", "build.json"
 BOOK_LOCK, SHARD_PLAN = "build.book.lock", "shards.json"
 SHARD_LOCK = re.compile(r"build\.(\d+)-of-(\d+)\.lock")  # one per shard: build.<rank>-of-<world>.lock
 HASH_MEMO = "checkpoint_hashes.json"  # in the cache root: (path, size, mtime_ns) -> sha256
-EDGE_BYTES = 256 * 1024  # bytes hashed at each end of a video file (see dataset_fingerprint)
+EDGE_BYTES = 256 * 1024  # bytes hashed at each end of a video file (see pixel_fingerprint)
 TINY_WIDTH = 56  # teacher width for the tiny random aggregator (AggregatorConfig.tiny().img_size)
 
 
@@ -140,7 +140,7 @@ def _edge_digest(path: Path) -> dict:
     return {"size": size, "edges_sha256": h.hexdigest()}
 
 
-def dataset_fingerprint(reader: DatasetReader) -> str:
+def pixel_fingerprint(reader: DatasetReader) -> str:
     """sha256 over everything that decides which pixels land at which global frame index.
 
     That is: fps and the camera features of meta/info.json; per episode (meta/episodes,
@@ -290,7 +290,7 @@ class CacheKey:
                teacher_source: str = "") -> CacheKey:
         dataset = {
             "root": str(reader.root.resolve()),
-            "fingerprint": dataset_fingerprint(reader),
+            "fingerprint": pixel_fingerprint(reader),
             "frames": reader.num_frames,
             "episodes": reader.num_episodes,
         }
