@@ -92,3 +92,20 @@ def test_with_the_workspace_guard_the_same_plan_stops_above_the_table():
         twin.close()
     assert outcome.estop == "" and outcome.held_ticks > 50  # held by the guard, never blocked
     assert lowest > TABLE_TOP_Z + 0.02
+
+
+def test_the_safety_filter_runs_the_watchdog_and_latches_its_estop():
+    """The watchdog belongs to the filter: the arm that does not follow the filter's own last
+    command latches the e-stop; reset() clears both."""
+    from sf_policy.runtime.safety import ESTOP, SafetyFilter
+
+    f = SafetyFilter(watchdog=TrackingWatchdog(max_error=0.1, max_duration=0.2))
+    stuck = HOME.copy()
+    target = HOME.copy()
+    target[1] += 1.0  # asks left_joint2 to move; the measured arm never does
+    decisions = [f.filter(target, stuck, 0.0, k / 30) for k in range(40)]
+    codes = [d.code for d in decisions]
+    assert ESTOP in codes and all(c == ESTOP for c in codes[codes.index(ESTOP):])
+    assert "tracking: left_joint2" in f.estop_reason
+    f.reset()
+    assert f.filter(HOME, HOME, 0.0, 2.0).action is not None  # the watchdog forgot the old command

@@ -154,9 +154,8 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
     scheduler = ChunkScheduler(model, period=PERIOD, execute_steps=runtime.execute_steps,
                                refill_at=runtime.refill_at, mode=runtime.mode, blend_steps=runtime.blend_steps,
                                clock=clock, name=f"sim-eval-{seed}")
-    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale,
-                          workspace=WorkspaceGuard() if runtime.workspace_guard else None)
-    watchdog = TrackingWatchdog()  # as the policy node runs it
+    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale,  # as the policy node runs it
+                          workspace=WorkspaceGuard() if runtime.workspace_guard else None, watchdog=TrackingWatchdog())
     frames: list[np.ndarray] = []
     held = limited = 0
     by_cause: Counter[str] = Counter()
@@ -177,9 +176,6 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
                                "tick": k}, now)
             raw = scheduler.tick(now)
             decision = safety.filter(raw, obs.state, 0.0, now)
-            if not safety.estopped and (tripped := watchdog.update(decision.action, obs.state, now)):
-                safety.estop(tripped)
-                decision = safety.filter(raw, obs.state, 0.0, now)
             if trace is not None:
                 trace.add(scheduler.last_tick_info, raw, decision, obs.state)
             if requested_at is None and scheduler.in_flight:  # the tick asked for a chunk: latency starts now

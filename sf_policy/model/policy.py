@@ -37,11 +37,11 @@ from sf_policy.model.actions import check_representation
 from sf_policy.model.normalize import Normalizer
 from sf_policy.model.processor import MODEL_INPUTS, PolicyProcessor, ProcessorConfig, check_fields
 from sf_policy.model.rtc import MAX_GUIDANCE, Guidance, prefix_weights
+from sf_policy.model.sampling import FastSampler
+from sf_policy.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 #: What a sample may carry for real-time chunking, beside what the processor reads.
 GUIDANCE_KEYS = ("prefix_actions", "inference_delay")
-from sf_policy.model.sampling import FastSampler
-from sf_policy.model.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 #: LoRA goes on every attention and MLP projection of the VLM's Gemma (2B) and of the action
 #: expert (Gemma 300M): q/k/v/o_proj and gate/up/down_proj of ``model.vlm.language_model.layers.N``

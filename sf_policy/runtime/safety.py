@@ -5,7 +5,9 @@ decision's ``action``, or nothing when it is ``None`` (the arm drivers hold the 
 was last commanded). Rules, in this order (the first that refuses wins; see docs/runtime.md):
 
 1. e-stop latched (``estop()``, from any thread) → hold until ``reset()``; it takes effect on
-   the very next call, whatever the command;
+   the very next call, whatever the command. With a ``TrackingWatchdog`` the filter latches it
+   itself when the measured arm has stayed too far from the last command it sent
+   (sf_policy/runtime/watchdog.py), the reason naming the joint;
 2. no command (the scheduler has nothing valid) → hold;
 3. a command that is not 14 real numbers (a flat sequence, or an array of shape (14,) of
    integers or floats: no strings, booleans, complex numbers or other shapes), or has a NaN/inf
@@ -98,8 +100,9 @@ class SafetyFilter:
                  velocity_scale: float = DEFAULT_VELOCITY_SCALE, gripper_speed: float | None = None,
                  max_accel: float = DEFAULT_MAX_ACCEL, gripper_accel: float = DEFAULT_GRIPPER_ACCEL,
                  max_obs_age: float = DEFAULT_MAX_OBS_AGE, max_obs_future: float = DEFAULT_MAX_OBS_FUTURE,
-                 workspace=None):
-        """``workspace``: a ``WorkspaceGuard`` (rule 9), or None for joint limits only."""
+                 workspace=None, watchdog=None):
+        """``workspace``: a ``WorkspaceGuard`` (rule 9), or None for joint limits only.
+        ``watchdog``: a ``TrackingWatchdog`` (rule 1), or None."""
         limits = dict(limits or PIPER_LIMITS)
         missing = [n for n in ARM_STATE_NAMES if n not in limits]
         if missing:
@@ -120,7 +123,7 @@ class SafetyFilter:
         if not (math.isfinite(max_obs_future) and max_obs_future >= 0.0):
             raise ValueError(f"max_obs_future must be >= 0, got {max_obs_future}")
         self.period = float(period)
-        self.workspace = workspace
+        self.workspace, self.watchdog = workspace, watchdog
         self.max_obs_age, self.max_obs_future = float(max_obs_age), float(max_obs_future)
         self.lower = _per_entry([limits[n].lower for n in ARM_STATE_NAMES])
         self.upper = _per_entry([limits[n].upper for n in ARM_STATE_NAMES])
@@ -159,6 +162,8 @@ class SafetyFilter:
         return self._estop_reason or ""
 
     def _forget(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.reset()
         self._last, self._last_time = None, -math.inf
         self._velocity = np.zeros(STATE_DIM)
 
@@ -185,6 +190,13 @@ class SafetyFilter:
             return decision
 
     def _decide(self, command, state, obs_age_s, now) -> SafetyDecision:
+        if self.watchdog is not None and self._estop_reason is None:
+            # the last command sent is what the drivers execute, on a hold too
+            tripped = self.watchdog.update(self._last, state, now)
+            if tripped:
+                self._estop_reason = tripped
+                self._forget()
+                self._counts["estops"] += 1
         if self._estop_reason is not None:
             return SafetyDecision(None, f"e-stop latched ({self._estop_reason}); reset() to resume", code=ESTOP)
         if command is None:

@@ -2,10 +2,11 @@
 
 A collision, an arm blocked by an object or a person, a dead or overheated motor all look the
 same from the controller: the measured joint stays away from the command. The safety filter
-cannot see it (it limits commands, not outcomes). Each tick the policy node hands the command
-it sent and the measured state; when an arm joint has stayed more than ``max_error`` from the
-last command for longer than ``max_duration``, ``update`` returns a reason naming the joint,
-and the node latches the safety filter's e-stop with it (resume with ``~/resume``).
+cannot see it (it limits commands, not outcomes), but it runs this check: each tick it hands
+the last command it sent and the measured state to ``update``; when an arm joint has stayed
+more than ``max_error`` from the last command for longer than ``max_duration``, ``update``
+returns a reason naming the joint and the filter latches its e-stop with it (the policy node:
+resume with ``~/resume``).
 
 Why against the last command and not a delayed one: the safety filter caps the command's
 speed (1.57 rad/s by default), so a following servo lags it by about speed × servo delay
@@ -40,7 +41,7 @@ class TrackingWatchdog:
         self._since = np.full(STATE_DIM, np.nan)  # when each joint's error went above max_error
 
     def update(self, command, measured, now: float) -> str | None:
-        """``command``: what was sent this tick (None: nothing, the last one stands); ``measured``:
+        """``command``: the last command sent (None: none yet, or the one kept stands); ``measured``:
         the puppet state [14] (None or unusable: nothing to check). A reason when it trips."""
         if command is not None:
             command = np.asarray(command, dtype=np.float64)
@@ -51,7 +52,7 @@ class TrackingWatchdog:
         except (TypeError, ValueError):
             return None
         if self._command is None or measured.shape != (STATE_DIM,) or not np.isfinite(measured).all() \
-                or not math.isfinite(now):
+                or not isinstance(now, (int, float)) or not math.isfinite(now):
             return None
         error = np.abs(measured - self._command)
         off = np.zeros(STATE_DIM, dtype=bool)

@@ -34,7 +34,7 @@ from sf_policy import topics
 from sf_policy.config import load_robot_config
 from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, JOINT_NAMES, PIPER_LIMITS, SIDES
 from sf_policy.record.images import image_to_rgb
-from sf_policy.runtime.safety import SafetyFilter
+from sf_policy.runtime.safety import ESTOP, SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
 from sf_policy.runtime.watchdog import DEFAULT_MAX_DURATION, DEFAULT_MAX_ERROR, TrackingWatchdog
 from sf_policy.runtime.workspace import WorkspaceGuard
@@ -111,10 +111,10 @@ class PolicyNode(LifecycleNode):
         robot = load_robot_config(self.robot_config) if self.robot_config else None
         limits = robot.limits if robot else dict(PIPER_LIMITS)
         guard = WorkspaceGuard(robot.workspace if robot else None) if self.workspace_guard else None
+        watchdog = (TrackingWatchdog(self.tracking_max_error, self.tracking_max_duration)
+                    if self.tracking_max_error > 0 else None)
         self.safety = SafetyFilter(limits, period=1.0 / self.rate, velocity_scale=self.velocity_scale,
-                                   max_obs_age=self.max_obs_age, workspace=guard)
-        self.watchdog = (TrackingWatchdog(self.tracking_max_error, self.tracking_max_duration)
-                         if self.tracking_max_error > 0 else None)
+                                   max_obs_age=self.max_obs_age, workspace=guard, watchdog=watchdog)
         self._timer = None
         self._observed_ns = 0
         self._chunks_published = 0
@@ -229,16 +229,14 @@ class PolicyNode(LifecycleNode):
                                                 position=command.tolist()))
         state = sample["state"] if sample is not None else None
         decision = self.safety.filter(command, state, None if stamp is None else now - stamp, now)
-        if self.watchdog is not None and not self.safety.estopped:
-            tripped = self.watchdog.update(decision.action, state, now)
-            if tripped:
-                self.safety.estop(tripped)
-                self.get_logger().error(f"e-stop: {tripped}; ~/resume once the arm is free")
-                decision = self.safety.filter(command, state, None if stamp is None else now - stamp, now)
         if decision.action is None:
             self.holds += 1
             if decision.reason != self.hold_reason:
-                self.get_logger().warning(f"holding the arms: {decision.reason}", throttle_duration_sec=1.0)
+                # one call site per severity: rclpy refuses a call site whose severity changes
+                if decision.code == ESTOP:
+                    self.get_logger().error(f"holding the arms: {decision.reason}", throttle_duration_sec=1.0)
+                else:
+                    self.get_logger().warning(f"holding the arms: {decision.reason}", throttle_duration_sec=1.0)
             self.hold_reason = decision.reason
             return
         self.hold_reason = ""
@@ -277,9 +275,7 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _on_resume(self, request, response):
-        self.safety.reset()
-        if self.watchdog is not None:
-            self.watchdog.reset()
+        self.safety.reset()  # and the tracking watchdog with it
         response.success, response.message = True, "resumed"
         return response
 
