@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from sf_policy.ros_env import ros_env  # noqa: E402
+from sf_policy.bringup.env import ros_env  # noqa: E402
 
 os.environ.update(ros_env(local=True))  # before rclpy starts: loopback, own domain
 
@@ -42,8 +42,8 @@ def main() -> int:
 
     from sf_nodes.common import SENSOR_QOS
     from sf_policy import topics
-    from sf_policy.bringup import driver_nodes
-    from sf_policy.launcher import Launch
+    from sf_policy.bringup.plan import driver_nodes
+    from sf_policy.bringup.launcher import Launch
 
     arrivals: dict[str, list[tuple[int, int]]] = {"left": [], "right": []}
     lock = threading.Lock()

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from sf_policy.demo import write_test_video  # noqa: E402
-from sf_policy.ros_env import PROFILE_VAR, ros_env  # noqa: E402
+from sf_policy.demo.ros_graphs import write_test_video  # noqa: E402
+from sf_policy.bringup.env import PROFILE_VAR, ros_env  # noqa: E402
 
 # The subscriber runs in its own process so that each configuration starts a fresh DDS
 # participant with the environment under test.
@@ -62,8 +62,8 @@ def main() -> int:
     parser.add_argument("--results-dir", type=Path, default=None, help="default: bench/results")
     args = parser.parse_args()
 
-    from sf_policy.bringup import NodeSpec
-    from sf_policy.launcher import Launch
+    from sf_policy.bringup.plan import NodeSpec
+    from sf_policy.bringup.launcher import Launch
 
     work = Path(tempfile.mkdtemp(prefix="bench_camera_"))
     video = work / "cam.avi"

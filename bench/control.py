@@ -49,7 +49,7 @@ def run(seconds: float, latency: float, mode: str) -> dict:
     from sf_nodes.policy_node import PolicyNode
 
     from sf_policy import topics
-    from sf_policy.ros_env import ros_env
+    from sf_policy.bringup.env import ros_env
 
     env = ros_env(local=True)
     os.environ.update(env)

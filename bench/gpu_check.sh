@@ -38,7 +38,7 @@ case "$MODE" in
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d "$STAGE/whl" "transformers==5.24.0" "av==$AV" || exit 1
     if [ ! -f "$STAGE/dataset/meta/info.json" ]; then
-      "$PY" -c "from sf_policy.sim.record import record_expert; \
+      "$PY" -c "from sf_policy.sim.record_without_ros import record_expert; \
 record_expert('$STAGE/dataset', 'lift_pot', episodes=2, width=640, height=480, every=2)" || exit 1
     fi
     du -sh "$STAGE"
@@ -79,7 +79,7 @@ part lora "${LIMIT[2]}" "$PY" bench/train_step.py --preset "$PRESET" "${DATASET[
 fsdp_check() {  # train 4 steps with a checkpoint at 2, resume from it, load the final policy
   local run=/tmp/gpu_check_fsdp config=${FSDP_CONFIG:-sf_policy/train/configs/accelerate/fsdp.yaml}
   local train=("$PY" -m accelerate.commands.launch --config_file "$config" --num_processes 1
-               -m sf_policy.cli_train run tiny "data.root=$STAGE/dataset" "output_dir=$run"
+               -m sf_policy.cli.train run tiny "data.root=$STAGE/dataset" "output_dir=$run"
                "teacher.cache_root=$run/cache" optim.steps=4 log.save_every=2 log.eval_every=2 log.every=1)
   rm -rf "$run"
   "${train[@]}" --no-progress && "${train[@]}" --no-progress --resume "$run/tiny/checkpoints/step_000002" &&

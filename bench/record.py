@@ -145,9 +145,9 @@ def _spread(values: np.ndarray) -> dict:
 
 
 def soak(seconds: float, width: int, height: int, workdir: Path, image_reliability: str) -> dict:
-    from sf_policy.bringup import recorder_node
-    from sf_policy.launcher import Launch
-    from sf_policy.ros_env import ros_env
+    from sf_policy.bringup.plan import recorder_node
+    from sf_policy.bringup.launcher import Launch
+    from sf_policy.bringup.env import ros_env
 
     env = ros_env(local=True)
     os.environ.update(env)

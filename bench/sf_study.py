@@ -142,7 +142,7 @@ def main() -> int:
 def record_dataset(task: str, demos: int, root: Path) -> dict:
     """``demos`` scripted demonstrations with the twin's depth (seeds from 0; reused if there)."""
     from sf_policy.data.reader import DatasetReader
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     if (root / "meta" / "info.json").is_file() and (root / "geometry").is_dir():
         with DatasetReader(root) as reader:
@@ -166,7 +166,7 @@ def recording_cost(task: str, episodes: int) -> dict:
     import tempfile
 
     from sf_policy.data.reader import DatasetReader
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     seconds = {"plain": 0.0, "geometry": 0.0}
     frames = {"plain": 0, "geometry": 0}

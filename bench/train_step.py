@@ -347,7 +347,7 @@ def _dataset(args, workdir: Path) -> tuple[Path, dict]:
     if args.dataset is not None:
         root, recorded = Path(args.dataset), None
     else:
-        from sf_policy.sim.record import record_expert
+        from sf_policy.sim.record_without_ros import record_expert
 
         root = workdir / "dataset"
         width, height = args.camera

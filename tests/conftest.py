@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sf_policy.ros_env import ros_env  # noqa: E402
+from sf_policy.bringup.env import ros_env  # noqa: E402
 
 os.environ.update(ros_env(local=True))  # loopback, this run's own domain, the large-data profile
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering through Mesa; set before mujoco loads

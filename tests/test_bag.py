@@ -305,7 +305,7 @@ def test_convert_synthetic_bags_like_the_live_sync(tmp_path):
 def test_cli_from_bag(tmp_path):
     from typer.testing import CliRunner
 
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
 
     bag = write_bag(tmp_path / "b", synthetic_events(0.5), custom={PROMPT_KEY: "lift the pot"})
     result = CliRunner().invoke(app, ["dataset", "from-bag", str(bag), "--root", str(tmp_path / "ds"),
@@ -452,7 +452,7 @@ def test_bags_are_numbered_by_the_dataset_episode_index_when_appending(tmp_path)
     from sf_policy.data.writer import DatasetWriter
     from sf_policy.record.session import RecordingSession, SessionConfig
     from sf_policy.record.sync import FrameSync
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path / "pots"
     record_expert(root, task="grasp_vegetable", episodes=2, width=32, height=32, every=10)
@@ -477,7 +477,7 @@ def test_the_recorder_nodes_lazy_writer_names_an_appended_episode_by_its_dataset
     from sf_policy.data.writer import DatasetWriter
     from sf_policy.record.session import RecordingSession, SessionConfig
     from sf_policy.record.sync import FrameSync
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path / "pots"
     record_expert(root, task="grasp_vegetable", episodes=2, width=32, height=32, every=10)

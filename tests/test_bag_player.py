@@ -151,8 +151,8 @@ def test_console_script_exits_when_done_and_names_a_missing_bag(tmp_path):
 
 
 def test_plan_runs_the_player_on_two_bags_through_its_command_line(tmp_path):
-    from sf_policy.bringup import bag_player_node
-    from sf_policy.launcher import resolve_executable
+    from sf_policy.bringup.plan import bag_player_node
+    from sf_policy.bringup.launcher import resolve_executable
 
     bags = [write_bag(tmp_path / "a"), write_bag(tmp_path / "b", t0=T0 + 10**9)]
     spec = bag_player_node(bags, rate=4.0, topics=(JOINTS,))

@@ -116,7 +116,7 @@ def test_truncation_anywhere_recovers_a_prefix(tmp_path, cut):
 
 
 def test_cli_repair_bag(tmp_path):
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
 
     complete = write_bag(tmp_path / "ok", synthetic_events(0.2), custom={PROMPT_KEY: "p"})
     broken = write_bag(tmp_path / "broken", synthetic_events(0.5), custom={PROMPT_KEY: "p"})

@@ -8,7 +8,7 @@ import yaml
 from rclpy.parameter import Parameter
 from typer.testing import CliRunner
 
-from sf_policy.cli_calibrate import app
+from sf_policy.cli.calibrate import app
 from sf_policy.config import load_camera_config, load_robot_config
 from sf_policy.sim.piper_can import SimulatedPiper
 from test_calibration_arms import robot_yaml
@@ -117,7 +117,7 @@ def test_timesync_command_names_an_unknown_stream():
 
 
 def test_sf_has_the_calibrate_group():
-    from sf_policy.cli import app as sf_app
+    from sf_policy.cli.main import app as sf_app
 
     result = runner.invoke(sf_app, ["calibrate", "--help"])
     assert result.exit_code == 0

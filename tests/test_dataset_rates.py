@@ -71,7 +71,7 @@ def test_a_slow_episode_is_stored_warned_and_validated(tmp_path):
     assert [(w.path, w.field) for w in warnings] == [("data/chunk-000/file-001.parquet", STAMPS)]
     assert warnings[0].message.startswith("episode 1: frames were taken at 18.0 Hz")
 
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
     result = CliRunner().invoke(app, ["dataset", "validate", str(root)])
     assert result.exit_code == 0 and "1 warning" in result.output and "18.0 Hz" in result.output, result.output
     assert CliRunner().invoke(app, ["dataset", "validate", str(root), "--strict"]).exit_code == 1

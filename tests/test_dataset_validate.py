@@ -21,7 +21,7 @@ import pytest
 from test_dataset_support import FPS, frame_images, record
 from typer.testing import CliRunner
 
-from sf_policy.cli import app
+from sf_policy.cli.main import app
 from sf_policy.data.features import STATE
 from sf_policy.data.validate import Problem, validate
 from sf_policy.data.writer import DatasetWriter, tasks_table

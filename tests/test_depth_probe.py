@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from sf_policy.align.grid import letterbox_geometry
-from sf_policy.cli_eval import app
+from sf_policy.cli.eval import app
 from sf_policy.data.features import ACTION, STATE
 from sf_policy.data.stats import vector_stats
 from sf_policy.eval.depth_probe import (

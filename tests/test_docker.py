@@ -114,7 +114,7 @@ def sf_command(argv: list[str]):
     and arguments (parsed for real, without running the command)."""
     import typer
 
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
 
     command, path, args = typer.main.get_command(app), ["sf"], list(argv)
     while hasattr(command, "commands"):  # a group (typer carries its own click: no isinstance)
@@ -161,7 +161,7 @@ def check_command(tokens: list[str], where: str, services: dict | None = None) -
         return "sf"
     if head == "accelerate" and "-m" in tokens:
         i = tokens.index("-m")
-        assert tokens[i + 1] == "sf_policy.cli_train", f"{where}: accelerate runs {tokens[i + 1]}"
+        assert tokens[i + 1] == "sf_policy.cli.train", f"{where}: accelerate runs {tokens[i + 1]}"
         sf_command(["train", *tokens[i + 2:]])
         return "sf"
     if tokens[:3] == ["ros2", "launch", "sf_bringup"]:
@@ -259,7 +259,7 @@ def test_the_build_context_keeps_local_environments_out():
     for path in (".venv", "outputs", "ros2_ws/build", "ros2_ws/install", "ros2_ws/log",
                  "sf_policy/__pycache__", ".git"):
         assert ignored(path, patterns), f".dockerignore should exclude {path}"
-    for path in ("sf_policy/cli.py", "requirements/base.txt", "scripts/setup.sh", "ros2_ws/src/sf_bringup/setup.py",
+    for path in ("sf_policy/cli/main.py", "requirements/base.txt", "scripts/setup.sh", "ros2_ws/src/sf_bringup/setup.py",
                  "docker/entrypoint.sh", "pyproject.toml", "README.md", "teleop/pedal.yaml"):
         assert not ignored(path, patterns), f".dockerignore must not exclude {path}"
 

@@ -39,7 +39,7 @@ def tiny_checkpoint(path: Path) -> Path:
 def assets(tmp_path_factory):
     """(checkpoint, dataset, bag of the dataset's episode 0, {episode: (states, actions, prompt)})."""
     from sf_policy.data.reader import DatasetReader
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path_factory.mktemp("replay")
     checkpoint = tiny_checkpoint(root)
@@ -206,7 +206,7 @@ def test_bad_inputs_name_what_is_wrong(assets, tmp_path):
 def test_cli_prints_the_report_path_and_refuses_a_missing_checkpoint(assets, tmp_path):
     from typer.testing import CliRunner
 
-    from sf_policy.cli_eval import app
+    from sf_policy.cli.eval import app
 
     checkpoint, dataset, _, _ = assets
     runner = CliRunner()

@@ -196,7 +196,7 @@ def test_a_jittery_policy_is_limited_by_acceleration_and_the_trace_says_so(twin,
 def test_sim_cli_refuses_an_unknown_merge_mode(tmp_path):
     from typer.testing import CliRunner
 
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--mode", "inpaint"])
     assert result.exit_code == 2 and "blend, replace, rtc" in " ".join(result.output.split()), result.output

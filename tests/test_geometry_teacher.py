@@ -30,7 +30,7 @@ from sf_policy.train.config import load_config
 
 @pytest.fixture(scope="module")
 def geometry_dataset(tmp_path_factory) -> Path:
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path_factory.mktemp("geo") / "dataset"
     record_expert(root, "lift_pot", episodes=2, width=112, height=84, every=6, geometry=True)

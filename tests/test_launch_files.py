@@ -178,7 +178,7 @@ def test_drivers_launch_mode_argument(launch_standins):
 def test_drivers_launch_sim_is_sf_launch_drivers_sim_with_its_mode(launch_standins):
     """The drivers on simulated CAN arms, as `sf launch drivers --sim`, the mode honoured (it used to start
     the twin and ignore mode)."""
-    from sf_policy.bringup import driver_nodes
+    from sf_policy.bringup.plan import driver_nodes
 
     _, nodes = evaluate("drivers.launch.py", sim="true", mode="teleop")
     params = [n.kwargs["parameters"][-1] for n in nodes]
@@ -259,7 +259,7 @@ def _cli_flags(args: dict) -> list[str]:
 def test_ros2_launch_and_sf_launch_start_the_same_nodes_for_every_argument(launch_standins, monkeypatch, launch_file):
     from typer.testing import CliRunner
 
-    import sf_policy.cli as cli
+    import sf_policy.cli.main as cli
 
     command, cases = PARITY[launch_file]
     declared, _ = evaluate(launch_file, **({"checkpoint": "/tmp/ckpt"} if command == "policy" else {}))

@@ -59,8 +59,8 @@ def test_policy_node_drives_the_twin_closed_loop(ros, tmp_path):
     from sensor_msgs.msg import JointState
     from sf_nodes.common import COMMAND_QOS, SENSOR_QOS
 
-    from sf_policy.bringup import policy_nodes
-    from sf_policy.launcher import Launch
+    from sf_policy.bringup.plan import policy_nodes
+    from sf_policy.bringup.launcher import Launch
 
     checkpoint = tiny_checkpoint(tmp_path)
     # grasp_vegetable: the twin names each scene's vegetable and publishes that prompt on

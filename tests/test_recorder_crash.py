@@ -55,8 +55,8 @@ def _no_recorder_outlives_its_test():
 
 
 def start_recorder(root: Path, **env_extra: str) -> subprocess.Popen:
-    from sf_policy.bringup import recorder_node
-    from sf_policy.launcher import resolve_executable
+    from sf_policy.bringup.plan import recorder_node
+    from sf_policy.bringup.launcher import resolve_executable
 
     spec = recorder_node(root, prompt="crash test")
     proc = subprocess.Popen(resolve_executable(spec) + spec.ros_args(), env={**os.environ, **env_extra},

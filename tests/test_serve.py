@@ -449,7 +449,7 @@ def test_non_loopback_bind_without_a_token_is_refused(checkpoint, monkeypatch):
     with pytest.raises(BindRefused):
         create_app(lambda: None, token="bad token")
 
-    from sf_policy.cli_serve import app
+    from sf_policy.cli.serve import app
 
     monkeypatch.delenv("SF_SERVE_TOKEN", raising=False)
     result = CliRunner().invoke(app, ["serve", str(checkpoint), "--host", "0.0.0.0"])
@@ -647,7 +647,7 @@ def test_sf_serve_command_serves_a_checkpoint(checkpoint, tmp_path):
     port = free_port()
     env = dict(os.environ, SF_SERVE_TOKEN=TOKEN, PYTHONPATH=str(REPO))
     log = (tmp_path / "serve.log").open("w")
-    code = "import sys; from sf_policy.cli_serve import app; sys.exit(app())"
+    code = "import sys; from sf_policy.cli.serve import app; sys.exit(app())"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(checkpoint.parent.parent), "--port", str(port),
                              "--no-warmup", "--log-level", "info"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -680,7 +680,7 @@ def test_a_damaged_weight_file_is_named_by_sf_serve_and_load_policy_without_a_tr
 
     from typer.testing import CliRunner
 
-    from sf_policy.cli_serve import app
+    from sf_policy.cli.serve import app
     from sf_policy.model.policy import CheckpointError
     from sf_policy.train.checkpoint import load_policy
 

@@ -73,7 +73,7 @@ def test_vegetable_target_varies_lies_right_and_is_named(twins):
 def test_the_twin_records_the_prompt_the_launch_files_deploy(twins, name):
     """One source: config/tasks/<task>.yaml. The twin's prompt is what policy.launch.py gives the
     policy node, or (a task whose scenes name their object) what the twin publishes on /sf/prompt."""
-    from sf_policy.bringup import policy_nodes, task_config
+    from sf_policy.bringup.plan import policy_nodes, task_config
 
     twin = twins[name]
     twin.reset(3)
@@ -87,7 +87,7 @@ def test_the_twin_records_the_prompt_the_launch_files_deploy(twins, name):
 
 
 def test_a_sim_prompt_that_the_scene_cannot_fill_names_the_file(tmp_path):
-    from sf_policy.bringup import task_prompt
+    from sf_policy.bringup.plan import task_prompt
     from sf_policy.config import ConfigError
 
     (tmp_path / "config" / "tasks").mkdir(parents=True)

@@ -201,8 +201,8 @@ def test_software_link_bringup_runs_as_processes(ros, tmp_path):
 
     from sensor_msgs.msg import JointState
     from sf_nodes.common import SENSOR_QOS
-    from sf_policy.bringup import driver_nodes
-    from sf_policy.launcher import Launch
+    from sf_policy.bringup.plan import driver_nodes
+    from sf_policy.bringup.launcher import Launch
 
     from conftest import BRINGUP
 

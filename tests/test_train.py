@@ -24,7 +24,7 @@ from sf_policy.train.data import ResumableBatches, split_episodes
 
 @pytest.fixture(scope="module")
 def twin_dataset(tmp_path_factory) -> Path:
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path_factory.mktemp("twin") / "dataset"
     record_expert(root, "grasp_vegetable", episodes=3, width=64, height=48, every=3)
@@ -377,7 +377,7 @@ def test_scene_reading_probe_measures_a_policy_at_the_episodes_first_frame(twin_
         scene_reading(policy, twin_dataset, frame=100_000)
     from typer.testing import CliRunner
 
-    from sf_policy.cli import app
+    from sf_policy.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", "scene-reading", "-c", str(tmp_path), "--dataset",
                                       str(tmp_path / "missing")])

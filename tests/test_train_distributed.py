@@ -89,7 +89,7 @@ def test_the_shipped_accelerate_configs_load_and_fsdp_wraps_the_decoder_layers()
 
 @pytest.fixture(scope="module")
 def twin_dataset(tmp_path_factory) -> Path:
-    from sf_policy.sim.record import record_expert
+    from sf_policy.sim.record_without_ros import record_expert
 
     root = tmp_path_factory.mktemp("twin") / "dataset"
     record_expert(root, "grasp_vegetable", episodes=3, width=64, height=48, every=3)
@@ -104,9 +104,9 @@ def _overrides(root: Path, out: Path, *more: str) -> list[str]:
 
 
 def _launch(processes: int, arguments: list[str], ok: bool = True) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node N -m sf_policy.cli_train ARGUMENTS``, as docs/training.md says."""
+    """``torchrun --nproc_per_node N -m sf_policy.cli.train ARGUMENTS``, as docs/training.md says."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "sf_policy.cli_train", *arguments]
+               "-m", "sf_policy.cli.train", *arguments]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "COLUMNS": "300"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]

@@ -87,7 +87,7 @@ def test_launch_files_use_the_shared_plan(name):
     tree = ast.parse((BRINGUP / "launch" / name).read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     plan = ast.parse((BRINGUP / "launch" / "_plan.py").read_text())
-    imported = {a.name for n in ast.walk(plan) if isinstance(n, ast.ImportFrom) and n.module == "sf_policy.bringup"
+    imported = {a.name for n in ast.walk(plan) if isinstance(n, ast.ImportFrom) and n.module == "sf_policy.bringup.plan"
                 for a in n.names}
     assert imported == {"driver_nodes", "task_config"} and all(hasattr(bringup, a) for a in imported)
 

@@ -93,7 +93,7 @@ class LearnResult:
 
 def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log: Callable = print) -> LearnResult:
     """Record (or reuse) the demonstrations under ``work``, train, evaluate; ``work/result.json``."""
-    from ..sim.record import record_expert
+    from ..sim.record_without_ros import record_expert
     from ..train.checkpoint import step_dir
     from ..train.config import load_config
     from ..train.loop import train

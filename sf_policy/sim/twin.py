@@ -92,7 +92,7 @@ class Twin:
 
     def prompt_for(self, scene: dict[str, Any]) -> str:
         """The scene's instruction, from config/tasks/<task>.yaml: what the launch files deploy."""
-        from ..bringup import task_prompt
+        from ..bringup.plan import task_prompt
 
         return task_prompt(self.task.name, scene)
 

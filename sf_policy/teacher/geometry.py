@@ -6,7 +6,7 @@ so a CPU-sized study can ask what SF is for (bench/sf_study.py) with a teacher w
 features certainly carry 3-D, where the random tiny VGGT carries none. A real robot has no
 such teacher: there, `teacher.kind: vggt`.
 
-Recording (``sf_policy.sim.record.record_expert(geometry=True)``): per frame, every camera's
+Recording (``sf_policy.sim.record_without_ros.record_expert(geometry=True)``): per frame, every camera's
 metric depth at 1/7 of its resolution (2×2 samples per 14-px patch; 32×32 for a 224 px
 camera) and the camera's pose, one safetensors file per episode under
 ``<dataset>/geometry/`` (fp16 depth: 6 KiB a frame). A small depth-only renderer, so the

@@ -70,8 +70,8 @@ def check_world(accelerator, launched: int | None = None) -> None:
     if accelerator.num_processes != launched:
         raise LaunchError(f"{launched} processes were launched but accelerate sees {accelerator.num_processes} "
                            f"({accelerator.distributed_type}): each would train alone on the whole data. Launch with "
-                           "`torchrun --nproc_per_node N -m sf_policy.cli_train run ...` or `accelerate launch "
-                           "--num_processes N -m sf_policy.cli_train run ...` (docs/training.md, \"Several GPUs\")")
+                           "`torchrun --nproc_per_node N -m sf_policy.cli.train run ...` or `accelerate launch "
+                           "--num_processes N -m sf_policy.cli.train run ...` (docs/training.md, \"Several GPUs\")")
     if not accelerator.split_batches:
         raise ValueError("the trainer splits each global batch over the processes itself: build the Accelerator "
                          "with DataLoaderConfiguration(split_batches=True), or the LR schedule runs N times too fast")

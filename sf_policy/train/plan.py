@@ -272,7 +272,7 @@ class Plan:
             return f"sf train run {self.cfg.name} data.root=...{extra}"
         config = "fsdp" if setup.startswith("fsdp") else "ddp"
         return (f"accelerate launch --config_file sf_policy/train/configs/accelerate/{config}.yaml --num_processes "
-                f"{gpus} -m sf_policy.cli_train run {self.cfg.name} data.root=...{extra}")
+                f"{gpus} -m sf_policy.cli.train run {self.cfg.name} data.root=...{extra}")
 
     def largest_batch(self, setup: str, gpus: int, memory: float) -> int:
         """The most samples per GPU that fit ``memory`` bytes (0: not even one)."""

@@ -1,7 +1,7 @@
-"""Shared by the launch files: turn sf_policy.bringup's NodeSpecs into launch_ros actions.
+"""Shared by the launch files: turn sf_policy.bringup.plan's NodeSpecs into launch_ros actions.
 
 Kept beside the launch files (installed with them) so each launch file stays a few lines.
-The plan itself lives in sf_policy.bringup, which `sf launch` runs without the ROS launch system.
+The plan itself lives in sf_policy.bringup.plan, which `sf launch` runs without the ROS launch system.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def drivers_launch(mode: str | None, with_task: bool) -> LaunchDescription:
     """Arm and camera drivers; `mode=None` makes the mode a launch argument. The same plan as
     `sf launch drivers`: with sim:=true the drivers' own code runs on simulated CAN arms (the whole
     robot in simulation, the MuJoCo twin, is record.launch.py / policy.launch.py sim:=true)."""
-    from sf_policy.bringup import driver_nodes, task_config
+    from sf_policy.bringup.plan import driver_nodes, task_config
 
     args = [("sim", "false", "simulated CAN arms inside the driver processes instead of the hardware"),
             ("robot_config", "", "robot YAML (default: config/robot.yaml, with sim:=true config/robot_sim.yaml)"),
@@ -96,7 +96,7 @@ def large_data_env():
     user chose a Fast DDS profile or another RMW."""
     import os
 
-    from sf_policy.ros_env import PROFILE_VAR, large_data_profile
+    from sf_policy.bringup.env import PROFILE_VAR, large_data_profile
 
     if PROFILE_VAR in os.environ or os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return []

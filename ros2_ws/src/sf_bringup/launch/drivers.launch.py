@@ -1,7 +1,7 @@
 """Arm drivers (one per CAN bus) and camera drivers.
 
   ros2 launch sf_bringup drivers.launch.py [sim:=true] [mode:=teleop] [camera_config:=...]
-Same plan as `sf launch drivers` (sf_policy.bringup.driver_nodes); sim:=true: the drivers on
+Same plan as `sf launch drivers` (sf_policy.bringup.plan.driver_nodes); sim:=true: the drivers on
 simulated CAN arms, as `sf launch drivers --sim`.
 """
 

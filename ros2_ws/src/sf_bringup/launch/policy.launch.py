@@ -15,7 +15,7 @@ from launch import LaunchDescription  # noqa: E402
 
 
 def generate_launch_description():
-    from sf_policy.bringup import policy_nodes
+    from sf_policy.bringup.plan import policy_nodes
 
     args = [("task", "lift_pot", "task name: config/tasks/<task>.yaml (prompt, checkpoint, cameras)"),
             ("sim", "false", "the MuJoCo twin (no operator: the policy drives it) instead of the robot"),

@@ -16,7 +16,7 @@ from launch import LaunchDescription  # noqa: E402
 
 
 def generate_launch_description():
-    from sf_policy.bringup import record_nodes
+    from sf_policy.bringup.plan import record_nodes
 
     args = [("task", "lift_pot", "task name: config/tasks/<task>.yaml (its prompt is the default)"),
             ("sim", "false", "the MuJoCo twin with the task's scripted operator instead of the robot"),

@@ -28,7 +28,7 @@ SENSOR_QOS = qos_profile_sensor_data
 #: default transports, a 640x480 rgb8 image (921 KB) published best effort arrived at
 #: 1-2 Hz (its UDP fragments are lost; the default shared-memory segment is too small),
 #: reliable at 28 Hz. A reliable publisher also serves best-effort subscribers; for those,
-#: config/fastdds_large_data.xml (set by our runners, see sf_policy.ros_env) fixes the rate.
+#: config/fastdds_large_data.xml (set by our runners, see sf_policy.bringup.env) fixes the rate.
 IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                        reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 #: Commands: reliable, and only the newest matters (a queued old command is a stale one).

@@ -9,8 +9,8 @@
 
 A config is a preset name or a YAML file; ``section.field=value`` arguments override it.
 Several GPUs (the same run as on one: docs/training.md, "Several GPUs"):
-``torchrun --nproc_per_node N -m sf_policy.cli_train run pi0_sf ...`` or ``accelerate launch
---config_file sf_policy/train/configs/accelerate/ddp.yaml --num_processes N -m sf_policy.cli_train ...``.
+``torchrun --nproc_per_node N -m sf_policy.cli.train run pi0_sf ...`` or ``accelerate launch
+--config_file sf_policy/train/configs/accelerate/ddp.yaml --num_processes N -m sf_policy.cli.train ...``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ console = Console()
 
 
 def _config(config: str, overrides: list[str]):
-    from .train.config import load_config
+    from ..train.config import load_config
 
     return load_config(config, overrides)
 
@@ -49,7 +49,7 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
             resume: Optional[Path] = typer.Option(None, help="A run directory or checkpoint to continue."),
             progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Train; checkpoints, TensorBoard logs and metrics.jsonl go to <output_dir>/<name>/."""
-    from .train.loop import Trainer
+    from ..train.loop import Trainer
 
     with _refusals():  # a mistake found before the first step is one line, not a traceback
         cfg = _config(config, overrides or [])
@@ -65,10 +65,10 @@ def run_cmd(config: str = typer.Argument(..., help="Preset (tiny, pi0_sf, pi0_ba
 def _refusals():
     """Errors the user fixes in the config, the command or the data (they name the file, field or
     parameter): printed once, as one line, exit 2; every process of a launch stops."""
-    from .config import ConfigError
-    from .data.features import DatasetError
-    from .teacher.cache import CacheError
-    from .train.distributed import LaunchError
+    from ..config import ConfigError
+    from ..data.features import DatasetError
+    from ..teacher.cache import CacheError
+    from ..train.distributed import LaunchError
 
     try:
         yield
@@ -90,7 +90,7 @@ def plan_cmd(config: str = typer.Argument(..., help="Preset (pi0_sf, pi0_baselin
              gpu_memory: Optional[float] = typer.Option(None, help="GB per GPU: exit 2 naming what fits, if "
                                                                     "nothing does.")):
     """GPU memory per setup (full fine-tuning, LoRA, FSDP-N, gradient checkpointing) and what fits."""
-    from .train.plan import GPU_SIZES_GB, PUBLISHED_GB, check_fits, make_plan
+    from ..train.plan import GPU_SIZES_GB, PUBLISHED_GB, check_fits, make_plan
 
     with _refusals():
         cfg = _config(config, overrides or [])
@@ -152,10 +152,10 @@ def _ensure_cache(cfg, device: str = "auto") -> Path:
     import torch
     from accelerate import PartialState
 
-    from .teacher.cache import CacheError, IncompleteCacheError
-    from .train.data import check_dataset
-    from .train.distributed import launched_processes
-    from .train.targets import build_cache, open_cache, vla_grid
+    from ..teacher.cache import CacheError, IncompleteCacheError
+    from ..train.data import check_dataset
+    from ..train.distributed import launched_processes
+    from ..train.targets import build_cache, open_cache, vla_grid
 
     if not cfg.data.root:
         raise typer.BadParameter("set data.root=<dataset directory>")
@@ -184,7 +184,7 @@ def _ensure_cache(cfg, device: str = "auto") -> Path:
             time.sleep(5)
 
 
-def main() -> None:  # `accelerate launch -m sf_policy.cli_train ...`
+def main() -> None:  # `accelerate launch -m sf_policy.cli.train ...`
     app()
 
 

@@ -33,7 +33,7 @@ REPORTS = Path("outputs/calibration")
 
 
 def _default_config(name: str) -> Path:
-    from .bringup import bringup_share
+    from ..bringup.plan import bringup_share
 
     return bringup_share() / "config" / name
 
@@ -63,7 +63,7 @@ def cameras_cmd(
     dev: Path = typer.Option(Path("/dev"), hidden=True, help="/dev root (tests)."),
 ):
     """Discover RealSense and UVC cameras and assign the roles by serial number in cameras.yaml."""
-    from .calibration.cameras import (AssignmentError, ask_assignments, discover, parse_assignments,
+    from ..calibration.cameras import (AssignmentError, ask_assignments, discover, parse_assignments,
                                       plan_assignments, write_assignments)
 
     devices = discover(sysfs=sysfs, dev=dev)
@@ -119,7 +119,7 @@ def intrinsics_cmd(
     every: int = typer.Option(5, help="Video: use every N-th frame."),
 ):
     """Camera intrinsics from a checkerboard or ChArUco board; writes the ROS calibration file."""
-    from .calibration.intrinsics import Board, CalibrationError
+    from ..calibration.intrinsics import Board, CalibrationError
 
     sources = [s for s in (images, video, camera) if s is not None]
     if len(sources) != 1:
@@ -143,7 +143,7 @@ def calib_name(images: Optional[Path], video: Optional[Path]) -> str:
 
 
 def _run_intrinsics(spec, images, video, camera, config, duration, views, every, k_coefficients):
-    from .calibration.intrinsics import (MIN_VIEWS, CalibrationError, calibrate, detect_all, frames_from_video,
+    from ..calibration.intrinsics import (MIN_VIEWS, CalibrationError, calibrate, detect_all, frames_from_video,
                                          images_from_folder, select_views)
 
     console.print(f"board: {spec.describe()}")
@@ -172,8 +172,8 @@ def _run_intrinsics(spec, images, video, camera, config, duration, views, every,
 
 def _live_frames(spec, camera: str, config: Path, duration: float, views: int):
     """Live frames; stops early once enough distinct views have been seen (counted as it goes)."""
-    from .calibration.intrinsics import Detector, frames_from_camera, select_views
-    from .config import camera_for_role
+    from ..calibration.intrinsics import Detector, frames_from_camera, select_views
+    from ..config import camera_for_role
 
     cfg = camera_for_role(config, camera)
     detector, seen = Detector(spec), []
@@ -191,7 +191,7 @@ def _live_frames(spec, camera: str, config: Path, duration: float, views: int):
 
 
 def _print_calibration(calib, selection) -> None:
-    from .calibration.intrinsics import GOOD_RMS_PX, coverage_warnings
+    from ..calibration.intrinsics import GOOD_RMS_PX, coverage_warnings
 
     i = calib.intrinsics
     console.print(f"fx {i.fx:.2f}  fy {i.fy:.2f}  cx {i.cx:.2f}  cy {i.cy:.2f}  ({i.width}x{i.height}, "
@@ -210,7 +210,7 @@ def _print_calibration(calib, selection) -> None:
 
 
 def _save_intrinsics(target: Path, calib, spec, name: str, views: int) -> None:
-    from .calibration.camera_info import save_camera_info
+    from ..calibration.camera_info import save_camera_info
 
     comment = (f"sf calibrate intrinsics, {time.strftime('%Y-%m-%d %H:%M')}: {spec.describe()}\n"
                f"{views} views, RMS reprojection error {calib.rms_px:.3f} px")
@@ -219,8 +219,8 @@ def _save_intrinsics(target: Path, calib, spec, name: str, views: int) -> None:
 
 
 def _point_config_at(config: Path, role: str, target: Path, calib) -> None:
-    from .calibration.yaml_edit import update_checked
-    from .config import ConfigError, load_camera_config
+    from ..calibration.yaml_edit import update_checked
+    from ..config import ConfigError, load_camera_config
 
     try:
         cfg = load_camera_config(config).get(role)
@@ -254,8 +254,8 @@ def arms_cmd(
     report: Path = typer.Option(REPORTS / "arms.yaml", help="Report file."),
 ):
     """Zero-pose offsets per joint and the gripper's range, against the embodiment contract."""
-    from .calibration.arms import ArmCheckError, Tolerances, check_arm, connect_arm
-    from .config import ConfigError, load_robot_config
+    from ..calibration.arms import ArmCheckError, Tolerances, check_arm, connect_arm
+    from ..config import ConfigError, load_robot_config
 
     path = robot_config or _default_config("robot.yaml")
     try:
@@ -295,7 +295,7 @@ def _print_arm(report, tolerances) -> None:
 
 
 def _write_arm_results(path: Path, reports, write_limits: bool, report: Path) -> None:
-    from .calibration.arms import gripper_limits, write_gripper_limits
+    from ..calibration.arms import gripper_limits, write_gripper_limits
 
     data = {"robot_config": str(path), "arms": {r.side: r.as_dict() for r in reports}}
     limits = gripper_limits(reports)
@@ -322,7 +322,7 @@ def timesync_cmd(
     out: Path = typer.Option(REPORTS / "timesync.yaml", help="Report file."),
 ):
     """Rates, stamp latency and skew to cam_high of the camera and arm topics (needs the drivers running)."""
-    from .calibration.timesync import Thresholds, analyse, default_streams, measure, report_dict
+    from ..calibration.timesync import Thresholds, analyse, default_streams, measure, report_dict
 
     streams = [s for s in default_streams(*_camera_topics(camera_config), arm_hz=arm_hz) if s.name not in skip]
     unknown = set(skip) - {s.name for s in default_streams()}
@@ -341,7 +341,7 @@ def timesync_cmd(
 
 
 def _camera_topics(camera_config: Optional[Path]):
-    from .config import ConfigError, load_camera_config
+    from ..config import ConfigError, load_camera_config
 
     path = camera_config or _default_config("cameras.yaml")
     if camera_config is None and not path.is_file():

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .bringup import NodeSpec
+from .plan import NodeSpec
 
 
 def resolve_executable(spec: NodeSpec) -> list[str]:

@@ -1,7 +1,7 @@
 """``sf``: the command-line entry point outside ``ros2 launch``.
 
 Subcommands grow with the stack (``sf dataset``, ``sf train``, ``sf serve``, ``sf eval``...).
-No ROS import happens here: ROS graphs run as node processes (see ``sf_policy.launcher``).
+No ROS import happens here: ROS graphs run as node processes (see ``sf_policy.bringup.launcher``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape  # messages name fields like [lower, upper]: not markup
 from rich.table import Table
 
-from .cli_calibrate import app as calibrate_app
-from .cli_dataset import app as dataset_app
-from .cli_eval import app as eval_app
-from .cli_serve import serve_cmd
-from .cli_train import app as train_app
-from .pipeline import LoopSettings
+from ..demo.loop import LoopSettings
+from .calibrate import app as calibrate_app
+from .dataset import app as dataset_app
+from .eval import app as eval_app
+from .serve import serve_cmd
+from .train import app as train_app
 
 app = typer.Typer(help="Spatial Forcing on the AgileX bimanual Piper.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -46,7 +46,7 @@ def launch_drivers(
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
 ):
     """Arm and camera drivers: what ``ros2 launch sf_bringup drivers.launch.py`` starts."""
-    from .bringup import driver_nodes
+    from ..bringup.plan import driver_nodes
 
     specs = driver_nodes(sim=sim, mode=mode, robot_config=str(robot_config) if robot_config else None,
                          camera_config=str(camera_config) if camera_config else None)
@@ -56,8 +56,8 @@ def launch_drivers(
 
 def _run_graph(specs, local: bool = True, duration: float | None = None) -> None:
     """Run the plan's nodes as processes until Ctrl-C, ``duration`` or a node exits; exit with its code."""
-    from .launcher import Launch
-    from .ros_env import ros_env
+    from ..bringup.launcher import Launch
+    from ..bringup.env import ros_env
 
     with Launch(specs, env=ros_env(local=local)) as graph:
         code = graph.wait(duration)
@@ -67,8 +67,8 @@ def _run_graph(specs, local: bool = True, duration: float | None = None) -> None
 @config_app.command("check")
 def config_check(robot: Optional[Path] = typer.Option(None), cameras: Optional[Path] = typer.Option(None)):
     """Validate the robot and camera files (default: the shipped ones)."""
-    from .bringup import bringup_share
-    from .config import ConfigError, load_camera_config, load_robot_config
+    from ..bringup.plan import bringup_share
+    from ..config import ConfigError, load_camera_config, load_robot_config
 
     share = bringup_share() / "config"
     try:
@@ -113,7 +113,7 @@ def demo(
 ):
     """The whole loop on this machine: record the twin over ROS 2 → train a π0 from scratch (and SF
     with --sf) → evaluate it closed-loop in the twin on new scenes → replay report."""
-    from . import demo as demo_mod
+    from ..demo import ros_graphs as demo_mod
 
     if drivers:
         console.print("[bold]sf demo --drivers[/bold]: arm drivers on simulated Pipers (CAN level) + camera drivers "
@@ -135,7 +135,7 @@ def demo(
 
 
 def _demo_loop(out: Path, verbose: bool, **settings) -> None:
-    from .pipeline import STAGES, run_loop
+    from ..demo.loop import STAGES, run_loop
 
     try:
         settings = LoopSettings(**settings)
@@ -183,7 +183,7 @@ def launch_record(
                                                            "config/cameras.yaml)."),
 ):
     """What ``ros2 launch sf_bringup record.launch.py`` starts; episodes from /recorder/command (record_keys)."""
-    from .bringup import record_nodes
+    from ..bringup.plan import record_nodes
 
     specs = record_nodes(task, dataset_root=dataset_root, sim=sim, episodes=episodes, seed=seed,
                          max_duration_s=max_duration_s, bag_root=bag_root, link=link, robot_config=robot_config,
@@ -209,7 +209,7 @@ def launch_policy(
                                                            "config/cameras.yaml)."),
 ):
     """What ``ros2 launch sf_bringup policy.launch.py`` starts; Ctrl-C stops."""
-    from .bringup import policy_nodes
+    from ..bringup.plan import policy_nodes
 
     specs = policy_nodes(task, sim=sim, checkpoint=checkpoint, remote=remote, dry_run=dry_run, seed=seed,
                          robot_config=robot_config, camera_config=camera_config)
@@ -229,7 +229,7 @@ def launch_twin(
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
 ):
     """The MuJoCo twin on the drivers' topics: what ``ros2 launch ... sim:=true`` starts."""
-    from .bringup import twin_nodes
+    from ..bringup.plan import twin_nodes
 
     specs = twin_nodes(task, operator=operator, seed=seed, episodes=episodes, width=width, height=height)
     console.print(f"starting the twin ({task}, operator {operator}); Ctrl-C stops")
@@ -264,7 +264,7 @@ def _print_report(report: dict) -> None:
 
 
 def _print_dataset(dataset: dict) -> None:
-    from .cli_dataset import info_cmd
+    from .dataset import info_cmd
 
     root = Path(dataset["root"])
     if root.exists() and not dataset["problems"]:

@@ -48,9 +48,9 @@ def serve_cmd(
     log_level: str = typer.Option("info", help="uvicorn log level: debug, info, warning, error."),
 ):
     """Serve a trained policy over HTTP and a websocket (msgpack + numpy, openpi-compatible websocket)."""
-    from .model.policy import CheckpointError, check_weights
-    from .serve.server import BindRefused, check_bind, checkpoint_info, create_app, install_log_redaction, uvicorn_config
-    from .train.checkpoint import POLICY_DIR
+    from ..model.policy import CheckpointError, check_weights
+    from ..serve.server import BindRefused, check_bind, checkpoint_info, create_app, install_log_redaction, uvicorn_config
+    from ..train.checkpoint import POLICY_DIR
 
     token = token or None
     try:
@@ -70,7 +70,7 @@ def serve_cmd(
         raise typer.Exit(2)
 
     def load():
-        from .runtime.inference import load_for_inference
+        from ..runtime.inference import load_for_inference
 
         policy = load_for_inference(checkpoint, device=device, dtype=dtype, sampler=sampler, compile=compile,
                                     cuda_graph=cuda_graph)
@@ -96,7 +96,7 @@ def serve_cmd(
         raise typer.Exit(1)
 
 
-#: ``sf_policy.cli`` registers ``serve_cmd`` as ``sf serve``; this app lets it run on its own too.
+#: ``sf_policy.cli.main`` registers ``serve_cmd`` as ``sf serve``; this app lets it run on its own too.
 app = typer.Typer(help="Serve a trained policy.", add_completion=False, pretty_exceptions_enable=False)
 app.command("serve")(serve_cmd)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .bringup import bringup_share
+from .plan import bringup_share
 
 PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
 

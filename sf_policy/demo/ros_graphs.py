@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .bringup import NodeSpec, driver_nodes, record_nodes, twin_nodes
-from .launcher import Launch
-from .ros_env import ros_env
-from .topics import CAMERA_ROLES
+from ..bringup.plan import NodeSpec, driver_nodes, record_nodes, twin_nodes
+from ..bringup.launcher import Launch
+from ..bringup.env import ros_env
+from ..topics import CAMERA_ROLES
 
 
 def write_test_video(path: Path, width: int = 640, height: int = 480, fps: float = 30.0, seconds: float = 2.0,
@@ -75,8 +75,8 @@ def run_record(out_dir: Path, task: str = "lift_pot", episodes: int = 3, seed: i
                verbose: bool = False, echo=print, timeout_s: float = 900.0, bags: bool = False) -> dict:
     """Record ``episodes`` successful scripted episodes from the twin through ROS into a dataset
     (and, with ``bags``, each episode's raw topics as an MCAP bag under ``out_dir/bags``)."""
-    from .data.reader import DatasetReader
-    from .data.validate import validate
+    from ..data.reader import DatasetReader
+    from ..data.validate import validate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     root = out_dir / "dataset"

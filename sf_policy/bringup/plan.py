@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import topics
-from .config import ConfigError, load_camera_config, load_robot_config, load_yaml
-from .embodiment import SIDES
+from .. import topics
+from ..config import ConfigError, load_camera_config, load_robot_config, load_yaml
+from ..embodiment import SIDES
 
 PACKAGE = "sf_nodes"
 
@@ -57,7 +57,7 @@ def bringup_share() -> Path:
         candidate = Path(prefix) / "share" / "sf_bringup"
         if (candidate / "config").is_dir():
             return candidate
-    source = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "sf_bringup"
+    source = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "sf_bringup"
     if (source / "config").is_dir():
         return source
     raise FileNotFoundError("cannot find sf_bringup's config: source your ROS workspace (install/setup.bash) "

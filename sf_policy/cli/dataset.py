@@ -25,7 +25,7 @@ def validate_cmd(
 ):
     """Check the layout, metadata, frame indices, timestamps and videos; exit 1 on any problem.
     Warnings (an episode whose cameras delivered less than the dataset's fps) exit 0 unless --strict."""
-    from .data.validate import validate_with_warnings
+    from ..data.validate import validate_with_warnings
 
     problems, warnings = validate_with_warnings(root, videos=videos)
     for title, found, style in ((f"{len(problems)} problem(s) in {root}", problems, "red"),
@@ -45,8 +45,8 @@ def validate_cmd(
 @app.command("info")
 def info_cmd(root: Path = typer.Argument(..., help="Dataset root.")):
     """Summary: episodes, frames, duration, tasks, cameras, size on disk, per-episode lengths."""
-    from .data.features import DatasetError
-    from .data.reader import DatasetReader
+    from ..data.features import DatasetError
+    from ..data.reader import DatasetReader
 
     try:
         ds = DatasetReader(root)
@@ -122,8 +122,8 @@ def from_bag_cmd(
     fps: int = typer.Option(None, help="Frame rate of a new dataset (default 30; an existing one keeps its own)."),
 ):
     """Convert raw bags into LeRobot episodes with the live recorder's frame synchronization."""
-    from .data.features import DatasetError
-    from .record.bag import BagError, convert_bag
+    from ..data.features import DatasetError
+    from ..record.bag import BagError, convert_bag
 
     try:
         summary = convert_bag(bags, root, task=task, cameras=cameras or None, fps=fps)
@@ -149,8 +149,8 @@ def repair_bag_cmd(
 ):
     """Recover bags whose recorder died mid-episode: every message that reached the disk is
     rewritten into a bag rosbags and `ros2 bag` open, with the prompt the recorder kept."""
-    from .record.bag import BagError
-    from .record.repair import repair_bag
+    from ..record.bag import BagError
+    from ..record.repair import repair_bag
 
     failed = False
     for bag in bags:

@@ -58,7 +58,7 @@ def depth_probe_cmd(
     dtype: Optional[str] = typer.Option(None, help="Policy dtype (default bfloat16 on GPU, float32 on CPU)."),
 ):
     """Train a small DPT-style depth head on frozen layer-k visual tokens; report AbsRel, RMSE, δ<1.25."""
-    from .eval.depth_probe import ProbeConfig, load_or_collect, run_depth_probe
+    from ..eval.depth_probe import ProbeConfig, load_or_collect, run_depth_probe
 
     test = test_episodes or max(1, episodes // 3)
     if not 1 <= test < episodes:
@@ -98,8 +98,8 @@ def sim_cmd(
 ):
     """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side, with
     per-tick traces of what the safety filter limited and why (OUT/traces, OUT/results.md)."""
-    from .eval.sim import SeenScenesError, evaluate_checkpoints, limits_table, results_table
-    from .sim.tasks import get_task
+    from ..eval.sim import SeenScenesError, evaluate_checkpoints, limits_table, results_table
+    from ..sim.tasks import get_task
 
     try:
         get_task(task)
@@ -114,8 +114,8 @@ def sim_cmd(
             raise typer.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
     if noise_scale < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--noise-scale")
-    from .eval.sim import RuntimeSettings
-    from .runtime.scheduler import MODES
+    from ..eval.sim import RuntimeSettings
+    from ..runtime.scheduler import MODES
 
     if mode not in MODES:
         raise typer.BadParameter(f"expected one of {', '.join(MODES)}, got {mode!r}", param_hint="--mode")
@@ -148,8 +148,8 @@ def scene_reading_cmd(
     """Does the policy read the scene or only its own motion? At a frame where every episode is
     at rest in the same pose, compare its chunk to the demonstration's, to a scene-blind
     policy's, and to its own chunk with another episode's cameras (sf_policy/eval/scene_reading.py)."""
-    from .eval.scene_reading import scene_reading
-    from .runtime.inference import load_for_inference
+    from ..eval.scene_reading import scene_reading
+    from ..runtime.inference import load_for_inference
 
     for path, hint in ((checkpoint, "--checkpoint"), (dataset, "--dataset")):
         if not path.exists():
@@ -188,8 +188,8 @@ def replay_cmd(
 ):
     """Run a policy open-loop over recorded episodes: per-joint error per horizon step, chunk-to-chunk
     consistency, latency, and plots of predicted against recorded joints (report.html)."""
-    from .eval.replay import ReplayError, replay
-    from .model.policy import CheckpointError
+    from ..eval.replay import ReplayError, replay
+    from ..model.policy import CheckpointError
 
     if (dataset is None) == (not bag):
         raise typer.BadParameter("give --dataset or --bag (not both)")
@@ -214,7 +214,7 @@ def default_replay_dir(checkpoint: Path, dataset: Path | None, bags: list[Path] 
 
 
 def _print_replay(metrics: dict) -> None:
-    from .eval.report import summary_rows
+    from ..eval.report import summary_rows
 
     table = Table(title=f"open-loop replay: {metrics['frames_evaluated']} chunks over {len(metrics['episodes'])} "
                         f"episodes")

@@ -6,7 +6,7 @@ Every stage is the tool a user runs by hand, called with the same arguments:
 1. record: the twin's scripted operator through the ROS graph into a LeRobot v3 dataset
    (``sf demo --until record`` / ``ros2 launch sf_bringup record.launch.py sim:=true``), then
    ``extra_demos`` more demonstrations recorded in-process into the same dataset
-   (``sf_policy.sim.record.record_expert``: the recorder's frames without the ROS round trip,
+   (``sf_policy.sim.record_without_ros.record_expert``: the recorder's frames without the ROS round trip,
    tagged with their twin seeds), because a policy needs tens of them to generalise;
 2. train: ``sf train cache-teacher small`` then ``sf train run small``: the π0 baseline
    (α = 0) and, with ``sf=True``, Spatial Forcing (α = 0.5) with the same seed, data and steps;
@@ -57,7 +57,7 @@ class LoopSettings:
             raise ValueError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
         if min(self.episodes, self.train_steps, self.eval_episodes, self.replay_every) < 1:
             raise ValueError("episodes, train_steps, eval_episodes and replay_every must be at least 1")
-        from .model.policy import SCRATCH_SIZES  # before minutes of recording, not at training
+        from ..model.policy import SCRATCH_SIZES  # before minutes of recording, not at training
 
         if self.size not in SCRATCH_SIZES:
             raise ValueError(f"size must be one of {', '.join(SCRATCH_SIZES)}, got {self.size!r}")
@@ -118,7 +118,7 @@ class _Stage:
 
 
 def _record(out: Path, s: LoopSettings, verbose: bool, echo: Callable, summary: dict) -> Path:
-    from .demo import run_record
+    from .ros_graphs import run_record
 
     report = run_record(out / "record", s.task, s.episodes, s.seed, measure_s=2.0, verbose=verbose, echo=echo,
                         bags=s.bags)
@@ -132,10 +132,10 @@ def _record(out: Path, s: LoopSettings, verbose: bool, echo: Callable, summary: 
 
 
 def _train(out: Path, s: LoopSettings, dataset: Path, summary: dict) -> dict[str, Path]:
-    from .sim.record import record_expert
-    from .train.config import load_config
-    from .train.loop import train
-    from .train.targets import build_cache, vla_grid
+    from ..sim.record_without_ros import record_expert
+    from ..train.config import load_config
+    from ..train.loop import train
+    from ..train.targets import build_cache, vla_grid
 
     if s.extra_demos:
         seeds = record_expert(dataset, s.task, episodes=s.extra_demos, seed=s.extra_seed)
@@ -168,7 +168,7 @@ def _last_metrics(path: Path) -> dict:
 
 
 def _evaluate(out: Path, s: LoopSettings, runs: dict[str, Path], summary: dict) -> None:
-    from .eval.sim import evaluate_checkpoints, write_results
+    from ..eval.sim import evaluate_checkpoints, write_results
 
     keys = [k for k in ("baseline", "sf") if k in runs]
     labels = {"baseline": f"π0 baseline ({s.size}, α=0)", "sf": f"SF ({s.size}, α=0.5)"}
@@ -190,11 +190,11 @@ def _evaluate(out: Path, s: LoopSettings, runs: dict[str, Path], summary: dict) 
 
 
 def _replay(out: Path, s: LoopSettings, dataset: Path, checkpoint: Path, summary: dict) -> None:
-    from .data.reader import DatasetReader
-    from .eval.replay import replay
-    from .train.checkpoint import TRAIN_CONFIG_FILE
-    from .train.config import load_config
-    from .train.data import heldout_positions
+    from ..data.reader import DatasetReader
+    from ..eval.replay import replay
+    from ..train.checkpoint import TRAIN_CONFIG_FILE
+    from ..train.config import load_config
+    from ..train.data import heldout_positions
 
     cfg = load_config(str(Path(checkpoint) / TRAIN_CONFIG_FILE))  # the split training actually held out
     reader = DatasetReader(dataset)
