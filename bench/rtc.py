@@ -79,7 +79,8 @@ def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps:
                 max_ticks: int | None = None) -> list[dict]:
     import torch
 
-    from sf_policy.eval.sim import PERIOD, RuntimeSettings, evaluate
+    from sf_policy.eval.sim import PERIOD, evaluate
+    from sf_policy.runtime.config import RuntimeConfig
     from sf_policy.runtime.inference import load_for_inference
     from sf_policy.runtime.scheduler import policy_infer
 
@@ -91,7 +92,7 @@ def closed_loop(checkpoint: str, task: str, episodes: int, seed: int, num_steps:
             torch.manual_seed(seed)
             started = time.perf_counter()
             result = evaluate(policy_infer(policy, num_steps), task, episodes, seed, label=f"{mode}@{latency_ms}ms",
-                              checkpoint=checkpoint, latency_ticks=ticks, runtime=RuntimeSettings(mode=mode),
+                              checkpoint=checkpoint, latency_ticks=ticks, runtime=RuntimeConfig.deployed(mode=mode),
                               max_ticks=max_ticks, plots=0, progress=progress)
             summary = result.summary()
             rows.append({"mode": mode, "latency_ms": latency_ms, "latency_ticks": ticks, "episodes": episodes,

@@ -295,7 +295,9 @@ def run_job(job: Job) -> int:
 
 def depth_probe(results: list[dict], plan: dict, work: Path) -> dict:
     """Metric depth read from each final checkpoint's aligned layer (the same layer for all)."""
-    from sf_policy.eval.depth_probe import REPORT_FILE, ProbeConfig, load_or_collect, run_depth_probe
+    from sf_policy.eval.depth_probe.frames import load_or_collect
+    from sf_policy.eval.depth_probe.run import REPORT_FILE, run_depth_probe
+    from sf_policy.eval.depth_probe.train import ProbeConfig
     from sf_policy.train.checkpoint import resolve_checkpoint
 
     ordered = sorted(results, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))

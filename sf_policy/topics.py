@@ -78,3 +78,7 @@ RECORDER_COMMANDS: tuple[str, ...] = ("start", "stop", "discard", "rerecord")
 #: follows from now on, replacing its ``prompt`` parameter. The twin publishes each scene's
 #: prompt here; an operator may too (``ros2 topic pub --once /sf/prompt std_msgs/String ...``).
 PROMPT = "/sf/prompt"
+
+#: std_msgs/String, JSON, reliable + transient local: the twin's report of each finished episode
+#: (episode, task, seed, success, ticks, sim_time_s, prompt).
+SIM_EPISODE = "/sim/episode"

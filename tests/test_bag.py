@@ -1,5 +1,6 @@
 """Raw bags: real rclpy raw subscriptions -> RawBagWriter -> rosbags/rclpy read back, and
-bag -> dataset conversion against the frame sync fed directly (sf_policy/record/bag.py)."""
+bag -> dataset conversion against the frame sync fed directly (sf_policy/record/: bag.py,
+bag_writer.py, episode_bags.py, from_bag.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from rosbags.rosbag2 import Reader
 from sf_policy import topics
 from sf_policy.embodiment import ARM_STATE_NAMES, arm_positions
 from sf_policy.record.bag import (
-    IMAGE_TYPE, JOINT_STATE_TYPE, OUTCOME_KEY, PROMPT_KEY, STARTED_KEY, BagError, EpisodeBags, RawBagWriter,
-    bag_custom_data, convert_bag, recorder_streams, recorder_topics, typestore,
+    IMAGE_TYPE, JOINT_STATE_TYPE, OUTCOME_KEY, PROMPT_KEY, STARTED_KEY, BagError, bag_custom_data, recorder_streams,
+    recorder_topics, typestore,
 )
+from sf_policy.record.bag_writer import RawBagWriter
+from sf_policy.record.episode_bags import EpisodeBags
+from sf_policy.record.from_bag import convert_bag
 from sf_policy.record.images import image_to_rgb
 from sf_policy.record.sync import ARM_STREAMS, FrameSync
 

@@ -17,7 +17,8 @@ from rclpy.parameter import Parameter
 
 from conftest import wait_for
 from sf_policy import topics
-from sf_policy.record.bag import IMAGE_TYPE, JOINT_STATE_TYPE, PROMPT_KEY, BagError, RawBagWriter, typestore
+from sf_policy.record.bag import IMAGE_TYPE, JOINT_STATE_TYPE, PROMPT_KEY, BagError, typestore
+from sf_policy.record.bag_writer import RawBagWriter
 from sf_policy.record.playback import BagPlayback, header_stamp_ns, qos_kind, restamp_cdr
 
 T0 = 1_600_000_000_000_000_000

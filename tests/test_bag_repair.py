@@ -19,8 +19,9 @@ from rosbags.rosbag2 import Reader
 from typer.testing import CliRunner
 
 from sf_policy.record.bag import (
-    OPEN_BAG_DATA, OUTCOME_KEY, PROMPT_KEY, STARTED_KEY, BagError, bag_custom_data, convert_bag, needs_repair,
+    OPEN_BAG_DATA, OUTCOME_KEY, PROMPT_KEY, STARTED_KEY, BagError, bag_custom_data, needs_repair,
 )
+from sf_policy.record.from_bag import convert_bag
 from sf_policy.record.repair import REPAIRED_KEY, TRUNCATED_SUFFIX, repair_bag
 from test_bag import T0, reference_frames, synthetic_events, write_bag
 
@@ -32,7 +33,8 @@ WRITER = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_bag import synthetic_events
-from sf_policy.record.bag import RawBagWriter, recorder_topics, PROMPT_KEY, STARTED_KEY
+from sf_policy.record.bag import recorder_topics, PROMPT_KEY, STARTED_KEY
+from sf_policy.record.bag_writer import RawBagWriter
 bag = RawBagWriter({path!r}, recorder_topics(), custom_data={{PROMPT_KEY: "lift the pot", STARTED_KEY: "0"}})
 for topic, raw, received in synthetic_events({seconds}):
     bag.write(topic, raw, received)
@@ -132,7 +134,8 @@ def test_cli_repair_bag(tmp_path):
 
 
 def test_the_recorder_names_bags_left_unclosed_when_it_starts(tmp_path):
-    from sf_policy.record.bag import EpisodeBags, recorder_topics
+    from sf_policy.record.bag import recorder_topics
+    from sf_policy.record.episode_bags import EpisodeBags
 
     broken = write_bag(tmp_path / "bags" / "ds_episode_3", synthetic_events(0.2), custom={PROMPT_KEY: "p"})
     write_bag(tmp_path / "bags" / "ds_episode_2", synthetic_events(0.2), custom={PROMPT_KEY: "p"})

@@ -45,7 +45,8 @@ class _IdleSource:
 
 
 def test_intrinsics_command_writes_the_file_the_camera_driver_publishes(tmp_path, ros):
-    from sf_nodes.camera_driver import CameraDriverNode, camera_info_msg
+    from sf_nodes.camera_driver import CameraDriverNode
+    from sf_nodes.common import camera_info_msg
 
     write_views(tmp_path / "views", Board("checkerboard", 9, 6, 0.03), 10)
     config = cameras_yaml(tmp_path)

@@ -16,20 +16,11 @@ from sf_policy.align.grid import letterbox_geometry
 from sf_policy.cli.eval import app
 from sf_policy.data.features import ACTION, STATE
 from sf_policy.data.stats import vector_stats
-from sf_policy.eval.depth_probe import (
-    DepthFrames,
-    ProbeConfig,
-    collect_twin_frames,
-    constant_prediction,
-    depth_metrics,
-    depth_targets,
-    extract_features,
-    letterbox_nearest,
-    metrics_by_camera,
-    predict_depth,
-    silog_loss,
-    train_probe,
-)
+from sf_policy.eval.depth_probe.features import extract_features
+from sf_policy.eval.depth_probe.frames import DepthFrames, collect_twin_frames
+from sf_policy.eval.depth_probe.metrics import constant_prediction, depth_metrics, metrics_by_camera
+from sf_policy.eval.depth_probe.targets import depth_targets, letterbox_nearest
+from sf_policy.eval.depth_probe.train import ProbeConfig, predict_depth, silog_loss, train_probe
 from sf_policy.model.actions import action_stats
 from sf_policy.model.policy import Policy, PolicyConfig
 from sf_policy.model.tokenizer import tiny_tokenizer

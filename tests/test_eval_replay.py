@@ -13,7 +13,8 @@ import pytest
 
 from sf_policy.data.features import ACTION, STATE
 from sf_policy.eval.replay import ReplayError, replay
-from sf_policy.record.bag import IMAGE_TYPE, JOINT_STATE_TYPE, PROMPT_KEY, RawBagWriter, recorder_topics, typestore
+from sf_policy.record.bag import IMAGE_TYPE, JOINT_STATE_TYPE, PROMPT_KEY, recorder_topics, typestore
+from sf_policy.record.bag_writer import RawBagWriter
 from sf_policy.record.sync import ARM_STREAMS
 from sf_policy.topics import CAMERA_ROLES, camera_image, master_state, puppet_state
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sf_policy.eval.sim import RuntimeSettings, evaluate_checkpoints, run_episode, wilson_interval
+from sf_policy.eval.sim import evaluate_checkpoints, run_episode, wilson_interval
+from sf_policy.runtime.config import RuntimeConfig
 from sf_policy.sim.experts import make_expert
 from sf_policy.sim.twin import Twin
 
@@ -78,7 +79,7 @@ def test_a_broken_model_never_commands_and_fails(twin):
     def broken(sample):
         return np.full((50, 14), np.nan)
 
-    outcome = run_episode(twin, broken, SEED, latency_ticks=2, runtime=RuntimeSettings())
+    outcome = run_episode(twin, broken, SEED, latency_ticks=2, runtime=RuntimeConfig.deployed())
     assert not outcome.success and outcome.held_ticks == outcome.ticks == twin.task.step_limit
     assert outcome.chunks == 0
 
@@ -199,4 +200,33 @@ def test_sim_cli_refuses_an_unknown_merge_mode(tmp_path):
     from sf_policy.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--mode", "inpaint"])
-    assert result.exit_code == 2 and "blend, replace, rtc" in " ".join(result.output.split()), result.output
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--mode" in text and "'blend', 'replace', 'rtc'" in text, result.output
+
+
+def test_sim_cli_runs_the_deployed_runtime_config_or_the_one_given(tmp_path, monkeypatch):
+    """sf eval sim takes config/policy.yaml's settings (what policy.launch.py deploys), a file
+    given with --runtime-config, and the command line's options over either; bad values are
+    refused naming the file and setting or the option."""
+    from typer.testing import CliRunner
+
+    import sf_policy.eval.sim as sim
+    from sf_policy.cli.main import app
+
+    used = []
+    monkeypatch.setattr(sim, "evaluate_checkpoints", lambda *a, runtime, **k: used.append(runtime) or [])
+    assert CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--out", str(tmp_path / "o")]).exit_code == 0
+    assert used[-1] == RuntimeConfig.deployed() and used[-1].adaptive_horizon and used[-1].on_error == "hold"
+    custom = tmp_path / "policy.yaml"
+    custom.write_text("policy:\n  ros__parameters:\n    mode: replace\n    adaptive_horizon: false\n")
+    result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--runtime-config", str(custom), "--num-steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert (used[-1].mode, used[-1].adaptive_horizon, used[-1].num_steps) == ("replace", False, 4)
+    custom.write_text("policy:\n  ros__parameters:\n    velocity_scale: 3.0\n")
+    result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--runtime-config", str(custom)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "policy.ros__parameters.velocity_scale: must be in [0.01, 1]" in text, text
+    result = CliRunner().invoke(app, ["eval", "sim", "-c", str(tmp_path), "--num-steps", "0"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--num-steps" in text and "must be in [1, 100], got 0" in text, text

@@ -89,7 +89,7 @@ def test_targets_encode_three_d_distance(geometry_dataset):
     cos = torch.nn.functional.cosine_similarity(codes[:, None], codes[None], dim=-1)
     assert cos[0, 1] > cos[0, 3] > cos[0, 7]  # neighbours on one surface, then farther, then the other
     with DatasetReader(geometry_dataset) as reader:
-        from sf_policy.teacher.cache import Preprocessing
+        from sf_policy.teacher.cache.key import Preprocessing
 
         boxes = Preprocessing(grid=4).boxes(reader)
         indices, batch = next(GeometryTeacher(grid=4).input_batches(reader, np.ones(reader.num_frames, bool), 5))
@@ -143,7 +143,8 @@ def test_teacher_kind_config():
 
 
 def test_another_teachers_cache_is_named_as_such(geometry_dataset, tmp_path):
-    from sf_policy.teacher.cache import StaleCacheError, cache_teacher, open_cache
+    from sf_policy.teacher.cache.entry import cache_teacher, open_cache
+    from sf_policy.teacher.cache.errors import StaleCacheError
 
     cache_teacher(geometry_dataset, cache_root=tmp_path, tiny=True, grid=4, progress=False)
     with pytest.raises(StaleCacheError) as err:

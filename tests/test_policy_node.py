@@ -246,7 +246,8 @@ def test_remote_policy_server_drives_the_node(ros, command_log, tmp_path):
     from rclpy.lifecycle import TransitionCallbackReturn
     from sf_nodes.policy_node import PolicyNode
 
-    from sf_policy.serve.server import BackgroundServer, create_app
+    from sf_policy.serve.running import BackgroundServer
+    from sf_policy.serve.server import create_app
     from sf_policy.train.checkpoint import load_policy
 
     checkpoint = tiny_checkpoint(tmp_path)

@@ -29,12 +29,12 @@ class Control:
 
     def __init__(self, ros):
         from std_msgs.msg import String
-        from sf_nodes.recorder import COMMAND_QUEUE_QOS, STATUS_QOS
+        from sf_nodes.common import RECORDER_COMMAND_QOS, RECORDER_STATUS_QOS
 
         self.String, self.status, self.lock = String, {}, threading.Lock()
         node = ros.node("recorder_control")
-        self.pub = node.create_publisher(String, topics.RECORDER_COMMAND, COMMAND_QUEUE_QOS)
-        node.create_subscription(String, topics.RECORDER_STATUS, self._on_status, STATUS_QOS)
+        self.pub = node.create_publisher(String, topics.RECORDER_COMMAND, RECORDER_COMMAND_QOS)
+        node.create_subscription(String, topics.RECORDER_STATUS, self._on_status, RECORDER_STATUS_QOS)
 
     def _on_status(self, msg):
         with self.lock:

@@ -34,14 +34,10 @@ from sf_policy.model.actions import action_stats
 from sf_policy.model.policy import Policy, PolicyConfig
 from sf_policy.model.tokenizer import tiny_tokenizer
 from sf_policy.serve.client import PolicyClient, PolicyWebsocketClient, RemoteError, ServerUnavailable
-from sf_policy.serve.server import (
-    BackgroundServer,
-    BindRefused,
-    RedactTokens,
-    check_bind,
-    checkpoint_info,
-    create_app,
-)
+from sf_policy.serve.auth import BindRefused, RedactTokens, check_bind
+from sf_policy.serve.metadata import checkpoint_info
+from sf_policy.serve.running import BackgroundServer
+from sf_policy.serve.server import create_app
 from sf_policy.serve.wire import BadArray, WireError, packb, parse_request, unpackb
 from sf_policy.topics import CAMERA_ROLES
 from sf_policy.train.checkpoint import POLICY_DIR, load_policy

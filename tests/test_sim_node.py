@@ -76,9 +76,9 @@ def test_sim_node_speaks_the_drivers_topics_and_follows_commands(ros):
 def test_episodes_are_reported_and_reset_takes_task_and_seed(ros):
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
-    from sf_nodes.sim_node import EPISODE_QOS, EPISODE_TOPIC
+    from sf_nodes.common import SIM_EPISODE_QOS
 
-    episodes = Inbox(ros, String, EPISODE_TOPIC, EPISODE_QOS)
+    episodes = Inbox(ros, String, topics.SIM_EPISODE, SIM_EPISODE_QOS)
     sim = make_sim(ros, step_limit=10, episodes=1, cameras=[""], seed=5)
     wait_for(lambda: len(episodes) >= 1, timeout=15, what="an episode report")
     first = json.loads(episodes.last().data)

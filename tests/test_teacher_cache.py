@@ -24,31 +24,15 @@ from sf_policy.data.features import STATE, image_key
 from sf_policy.data.reader import DatasetReader
 from sf_policy.data.writer import DatasetWriter
 from sf_policy.teacher import AggregatorConfig, Teacher, official_state_dict, save_state_dict
-from sf_policy.teacher.cache import (
-    DONE,
-    HASH_MEMO,
-    LOCK,
-    META,
-    TARGETS,
-    CacheError,
-    CacheKey,
-    CacheNotFoundError,
-    IncompleteCacheError,
-    Layout,
-    Preprocessing,
-    StaleCacheError,
-    TeacherCache,
-    _build_lock,
-    build_cache,
-    cache_teacher,
-    pixel_fingerprint,
-    decode,
-    encode,
-    file_sha256,
-    open_cache,
-    state_dict_sha256,
-    tiny_teacher,
-)
+from sf_policy.teacher.cache.build import build_cache
+from sf_policy.teacher.cache.codec import decode, encode
+from sf_policy.teacher.cache.entry import cache_teacher, open_cache, tiny_teacher
+from sf_policy.teacher.cache.errors import CacheError, CacheNotFoundError, IncompleteCacheError, StaleCacheError
+from sf_policy.teacher.cache.fingerprint import HASH_MEMO, file_sha256, pixel_fingerprint, state_dict_sha256
+from sf_policy.teacher.cache.key import CacheKey, Preprocessing
+from sf_policy.teacher.cache.locks import _build_lock
+from sf_policy.teacher.cache.reader import TeacherCache
+from sf_policy.teacher.cache.store import DONE, LOCK, META, TARGETS, Layout
 from sf_policy.topics import CAMERA_ROLES
 
 H, W = 48, 64  # 4:3 like the robot's 640×480: valid patch rows 2..13

@@ -16,26 +16,14 @@ import pytest
 from test_teacher_cache import LENGTHS, THREE, _write
 
 from sf_policy.data.reader import DatasetReader
-from sf_policy.teacher.cache import (
-    BUILD_LOG,
-    DONE,
-    SHARD_PLAN,
-    TARGETS,
-    CacheError,
-    CacheKey,
-    IncompleteCacheError,
-    Preprocessing,
-    _build_lock,
-    _create,
-    build_cache,
-    cache_teacher,
-    episode_work,
-    open_cache,
-    shard_episodes,
-    shard_rows,
-    state_dict_sha256,
-    tiny_teacher,
-)
+from sf_policy.teacher.cache.build import _create, build_cache
+from sf_policy.teacher.cache.entry import cache_teacher, open_cache, tiny_teacher
+from sf_policy.teacher.cache.errors import CacheError, IncompleteCacheError
+from sf_policy.teacher.cache.fingerprint import state_dict_sha256
+from sf_policy.teacher.cache.key import CacheKey, Preprocessing
+from sf_policy.teacher.cache.locks import _build_lock
+from sf_policy.teacher.cache.shards import episode_work, shard_episodes, shard_rows
+from sf_policy.teacher.cache.store import BUILD_LOG, DONE, SHARD_PLAN, TARGETS
 
 N = sum(LENGTHS)
 TINY = dict(tiny=True, batch_size=4, device="cpu", progress=False)
@@ -100,10 +88,10 @@ def _build_shard(dataset, cache_root, rank: int, world: int, barrier) -> None:
     so the two builds provably overlap (both hold their locks while writing into the same files)."""
     import torch
 
-    import sf_policy.teacher.cache as cache_module
+    import sf_policy.teacher.cache.store as store_module
 
     torch.set_num_threads(1)
-    write = cache_module._RowWriter.write
+    write = store_module._RowWriter.write
 
     def write_then_meet(self, indices, arrays):
         write(self, indices, arrays)
@@ -111,7 +99,7 @@ def _build_shard(dataset, cache_root, rank: int, world: int, barrier) -> None:
             self.met = True
             barrier.wait(timeout=60)
 
-    cache_module._RowWriter.write = write_then_meet
+    store_module._RowWriter.write = write_then_meet
     assert cache_teacher(dataset, cache_root=cache_root, shard=(rank, world), **TINY) is None
 
 

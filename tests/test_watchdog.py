@@ -51,7 +51,8 @@ def test_an_arm_driven_into_the_table_is_stopped_in_the_twin():
     table: the arm stops against it, the watchdog latches the e-stop naming right_joint2 and
     nothing more is commanded. The workspace guard would hold the arm above the table first, so
     it is off here: the table stands for an obstacle no configuration knows about."""
-    from sf_policy.eval.sim import RuntimeSettings, run_episode
+    from sf_policy.eval.sim import run_episode
+    from sf_policy.runtime.config import RuntimeConfig
     from sf_policy.eval.trace import EpisodeTrace
     from sf_policy.sim.twin import Twin
 
@@ -64,7 +65,7 @@ def test_an_arm_driven_into_the_table_is_stopped_in_the_twin():
     trace = EpisodeTrace(seed=0)
     try:
         outcome = run_episode(twin, into_the_table, 0, latency_ticks=1, max_ticks=150, trace=trace,
-                              runtime=RuntimeSettings(workspace_guard=False))
+                              runtime=RuntimeConfig.deployed(workspace_guard=False))
     finally:
         twin.close()
     assert outcome.estop.startswith("tracking: right_joint2 stayed"), outcome.estop

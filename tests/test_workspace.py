@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BRINGUP, REPO
-from sf_policy import bringup
+from sf_policy.bringup import plan as bringup
 from sf_policy.config import ConfigError
 
 VENV_BIN = Path(sys.executable).parent

@@ -267,7 +267,11 @@ def policy_node(task: str, *, checkpoint: str | None = None, remote: str = "", d
     task's prompt, checkpoint and cameras; ``checkpoint``/``remote`` override the task's.
     ``robot_config``: the robot YAML whose joint limits its safety filter clamps to (the ones the
     drivers and the teleop link honour; none: the Piper's factory limits)."""
+    from ..runtime.config import RuntimeConfig
+
     share = share or bringup_share()
+    policy_yaml = share / "config" / "policy.yaml"
+    RuntimeConfig.from_yaml(policy_yaml)  # a wrong setting is refused here, named, rather than by the node
     config = task_config(task, share)
     checkpoint = checkpoint or config.get("checkpoint") or ""
     if not checkpoint and not remote:
@@ -279,7 +283,7 @@ def policy_node(task: str, *, checkpoint: str | None = None, remote: str = "", d
         params["cameras"] = list(config["cameras"])
     if robot_config:
         params["robot_config"] = str(robot_config)
-    return NodeSpec("policy_node", "policy", params, params_files=(str(share / "config" / "policy.yaml"),))
+    return NodeSpec("policy_node", "policy", params, params_files=(str(policy_yaml),))
 
 
 def policy_nodes(task: str, *, sim: bool = False, checkpoint: str | None = None, remote: str = "",

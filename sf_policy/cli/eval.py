@@ -58,7 +58,9 @@ def depth_probe_cmd(
     dtype: Optional[str] = typer.Option(None, help="Policy dtype (default bfloat16 on GPU, float32 on CPU)."),
 ):
     """Train a small DPT-style depth head on frozen layer-k visual tokens; report AbsRel, RMSE, δ<1.25."""
-    from ..eval.depth_probe import ProbeConfig, load_or_collect, run_depth_probe
+    from ..eval.depth_probe.frames import load_or_collect
+    from ..eval.depth_probe.run import run_depth_probe
+    from ..eval.depth_probe.train import ProbeConfig
 
     test = test_episodes or max(1, episodes // 3)
     if not 1 <= test < episodes:
@@ -74,6 +76,23 @@ def depth_probe_cmd(
                   f"{out / 'depth_probe_metrics.png'}")
 
 
+def _runtime(path: Path | None, **options):
+    """The runtime settings the twin runs: a parameter file (default: the deployed one) with
+    the command line's options over it; a bad value names the option or the file's setting."""
+    from ..config import ConfigError
+    from ..runtime.config import RuntimeConfig
+
+    try:
+        runtime = RuntimeConfig.from_yaml(path) if path else RuntimeConfig.deployed()
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--runtime-config") from None
+    try:
+        return runtime.with_overrides(**options)
+    except ValueError as exc:  # SettingError: "<setting>: <why>"; the option has the setting's name
+        name = getattr(exc, "name", "")
+        raise typer.BadParameter(getattr(exc, "message", str(exc)), param_hint=f"--{name.replace('_', '-')}") from None
+
+
 @app.command("sim")
 def sim_cmd(
     checkpoints: List[Path] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint or run directory; repeat "
@@ -85,16 +104,21 @@ def sim_cmd(
     out: Path = typer.Option(Path("outputs/eval/sim"), help="Where results.json/.md, success.png and videos go."),
     video: bool = typer.Option(False, "--video/--no-video", help="Write an mp4 of the top camera per episode."),
     latency_ticks: int = typer.Option(3, help="Control ticks (1/30 s) the model takes to answer, simulated."),
-    num_steps: int = typer.Option(10, help="Flow-matching steps per chunk."),
+    runtime_config: Optional[Path] = typer.Option(None, help="The policy node's parameter file whose runtime "
+                                                  "settings the twin runs (default: sf_bringup's config/policy.yaml, "
+                                                  "what policy.launch.py deploys)."),
+    num_steps: Optional[int] = typer.Option(None, help="Flow-matching steps per chunk (default: the runtime config's)."),
     size: int = typer.Option(224, help="Rendered camera width and height (px)."),
     expert: bool = typer.Option(True, "--expert/--no-expert", help="Add the scripted expert (directly, and its "
                                 "plan through the runtime as an oracle policy) as reference rows."),
     seen_scenes: bool = typer.Option(False, "--seen-scenes", help="Allow seeds the checkpoints were trained on "
                                      "(refused by default; the report then says 'seen scenes')."),
     plots: int = typer.Option(3, help="Episodes per checkpoint whose trace (target, command, state) is plotted."),
-    noise_scale: float = typer.Option(1.0, help="Initial flow noise scale (sampling temperature; 1 = π0's)."),
-    mode: str = typer.Option("blend", help="How chunks join: blend, replace or rtc (real-time chunking)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    noise_scale: Optional[float] = typer.Option(None, help="Initial flow noise scale (sampling temperature; "
+                                                           "1 = π0's; default: the runtime config's)."),
+    mode: Optional[str] = typer.Option(None, help="How chunks join: blend, replace or rtc (real-time chunking; "
+                                                  "default: the runtime config's)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda ... (default: the runtime config's)."),
 ):
     """Closed-loop success rate in the twin (95 % Wilson interval), checkpoints side by side, with
     per-tick traces of what the safety filter limited and why (OUT/traces, OUT/results.md)."""
@@ -112,18 +136,11 @@ def sim_cmd(
     for checkpoint in checkpoints:
         if not checkpoint.exists():
             raise typer.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
-    if noise_scale < 0:
-        raise typer.BadParameter("must be >= 0", param_hint="--noise-scale")
-    from ..eval.sim import RuntimeSettings
-    from ..runtime.scheduler import MODES
-
-    if mode not in MODES:
-        raise typer.BadParameter(f"expected one of {', '.join(MODES)}, got {mode!r}", param_hint="--mode")
+    runtime = _runtime(runtime_config, num_steps=num_steps, noise_scale=noise_scale, mode=mode, device=device)
     try:
-        results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label, num_steps=num_steps,
-                                       device=device, latency_ticks=latency_ticks, width=size, height=size,
-                                       videos=video, expert=expert, plots=plots, seen_scenes=seen_scenes,
-                                       noise_scale=noise_scale, runtime=RuntimeSettings(mode=mode))
+        results = evaluate_checkpoints(checkpoints, task, episodes, seed, out=out, labels=label,
+                                       latency_ticks=latency_ticks, width=size, height=size, videos=video,
+                                       expert=expert, plots=plots, seen_scenes=seen_scenes, runtime=runtime)
     except SeenScenesError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -141,7 +158,10 @@ def scene_reading_cmd(
                                  "data: does the policy even fit what the scene decides?)."),
     frame: int = typer.Option(0, help="Control tick into each episode to probe."),
     episodes: Optional[List[int]] = typer.Option(None, help="Episode index (repeat; default all)."),
-    num_steps: int = typer.Option(10, help="Flow-matching steps per chunk."),
+    runtime_config: Optional[Path] = typer.Option(None, help="The policy node's parameter file whose runtime "
+                                                  "settings the twin runs (default: sf_bringup's config/policy.yaml, "
+                                                  "what policy.launch.py deploys)."),
+    num_steps: Optional[int] = typer.Option(None, help="Flow-matching steps per chunk (default: the runtime config's)."),
     out: Optional[Path] = typer.Option(None, help="Also write the figures to this JSON file."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
 ):

@@ -67,7 +67,7 @@ def _refusals():
     parameter): printed once, as one line, exit 2; every process of a launch stops."""
     from ..config import ConfigError
     from ..data.features import DatasetError
-    from ..teacher.cache import CacheError
+    from ..teacher.cache.errors import CacheError
     from ..train.distributed import LaunchError
 
     try:
@@ -152,7 +152,7 @@ def _ensure_cache(cfg, device: str = "auto") -> Path:
     import torch
     from accelerate import PartialState
 
-    from ..teacher.cache import CacheError, IncompleteCacheError
+    from ..teacher.cache.errors import CacheError, IncompleteCacheError
     from ..train.data import check_dataset
     from ..train.distributed import launched_processes
     from ..train.targets import build_cache, open_cache, vla_grid

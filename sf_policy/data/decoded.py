@@ -42,7 +42,7 @@ class DecodedFrames:
     def ensure(cls, root: str | Path, cache_root: str | Path | None = None, progress: bool = True,
                log=print) -> DecodedFrames:
         """The decoded frames of the dataset at ``root``, decoding what is not there yet."""
-        from ..teacher.cache import pixel_fingerprint
+        from ..teacher.cache.fingerprint import pixel_fingerprint
 
         reader = DatasetReader(root)
         try:

@@ -115,7 +115,7 @@ def _encode_main(args: argparse.Namespace) -> int:
     # Not stream.time_base: the muxer changes it to the track's timescale on the first packet.
     time_base = Fraction(1, args.fps)
     with av.open(args.out, "w") as container:
-        stream = _add_stream(container, options, args.height, args.width, args.fps)
+        stream = add_video_stream(container, options, args.height, args.width, args.fps)
         while _read_exact(stdin, view):
             image = np.frombuffer(buf, dtype=np.uint8).reshape(args.height, args.width, 3)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -128,7 +128,7 @@ def _encode_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_stream(container, options: VideoOptions, height: int, width: int, fps: int):
+def add_video_stream(container, options: VideoOptions, height: int, width: int, fps: int):
     stream = container.add_stream(options.codec, rate=fps, options=options.codec_options())
     stream.width, stream.height, stream.pix_fmt = width, height, options.pix_fmt
     stream.time_base = Fraction(1, fps)

@@ -153,7 +153,7 @@ class Episode:
                 self._buffers[key].append(value)
             if self.num_frames % self._writer.image_stats_every == 0:
                 for role, picture in pictures.items():
-                    self._samples[role].append(_stats_sample(picture))
+                    self._samples[role].append(image_stats_sample(picture))
             self.num_frames += 1
 
     def _checked_values(self, frame: dict) -> dict[str, np.ndarray]:
@@ -266,7 +266,7 @@ class Episode:
         return {role: e.out for role, e in self._encoders.items()}
 
 
-def _stats_sample(image: np.ndarray) -> np.ndarray:
+def image_stats_sample(image: np.ndarray) -> np.ndarray:
     """The frame downsampled to ~150 px on its long side (LeRobot's auto_downsample_height_width)."""
     h, w = image.shape[:2]
     step = max(1, int(max(h, w) / 150)) if max(h, w) >= 300 else 1
@@ -369,11 +369,11 @@ def _write_file(path: Path, write) -> None:
         raise DatasetError(f"{path}: write failed: {exc} (is the disk full?)") from None
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     _write_file(path, lambda p: p.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n"))
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
+def write_parquet(path: Path, table: pa.Table) -> None:
     _write_file(path, lambda p: pq.write_table(table, p, compression="snappy"))
 
 
@@ -416,7 +416,7 @@ class DatasetWriter:
         features = robot_features(cameras or {})
         for key in video_keys(features):
             h, w, _ = features[key]["shape"]
-            features[key]["info"] = video_info(video, h, w, fps) | _encoder_info(video)
+            features[key]["info"] = video_info(video, h, w, fps) | encoder_info(video)
         info = {
             "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": 0, "total_frames": 0,
             "total_tasks": 0, "chunks_size": chunks_size, "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
@@ -424,11 +424,11 @@ class DatasetWriter:
             "video_path": VIDEO_PATH if video_keys(features) else None, "features": features,
         }
         (root / "meta").mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(root)
+        lock_fd = lock_dataset(root)
         try:
             staging = _staging_dir(root)
-            _write_parquet(staging / "tasks.parquet", tasks_table({}))
-            _write_json(staging / "info.json", info)
+            write_parquet(staging / "tasks.parquet", tasks_table({}))
+            write_json(staging / "info.json", info)
             move(staging / "tasks.parquet", root / TASKS_PATH)
             move(staging / "info.json", root / INFO_PATH)
             shutil.rmtree(staging)
@@ -446,9 +446,9 @@ class DatasetWriter:
         if info["codebase_version"] != CODEBASE_VERSION:
             raise DatasetError(f"{root / INFO_PATH}: field 'codebase_version' is {info['codebase_version']!r}, "
                                f"only {CODEBASE_VERSION!r} can be appended to")
-        lock_fd = _lock(root)
+        lock_fd = lock_dataset(root)
         try:
-            writer = cls(root, info, video or _options_from_info(info), lock_fd, image_stats_every)
+            writer = cls(root, info, video or options_from_info(info), lock_fd, image_stats_every)
             writer._recover()
         except BaseException:
             os.close(lock_fd)
@@ -549,20 +549,20 @@ class DatasetWriter:
         """Write and fsync every file of the commit in staging; return (step, staged, final) in order."""
         staged = episode.staging
         loc = episode_location(row["episode_index"], info["chunks_size"])
-        _write_parquet(staged / "data.parquet", table)
+        write_parquet(staged / "data.parquet", table)
         targets = [("data", staged / "data.parquet", self.root / data_file(info, row))]
         for role, path in episode.video_paths().items():
             _write_file(path, lambda p: None)  # nothing to write: fsync the encoder's file
             targets.append(("videos", path, self.root / video_file(info, row, image_key(role))))
         if tasks is not None:
-            _write_parquet(staged / "tasks.parquet", tasks_table(tasks))
+            write_parquet(staged / "tasks.parquet", tasks_table(tasks))
             targets.append(("tasks", staged / "tasks.parquet", self.root / TASKS_PATH))
         schema = episode_schema(self.features, sim=SIM_SEED in row, rates=self._keeps_rates)
-        _write_parquet(staged / "episode.parquet", pa.Table.from_pylist([row], schema=schema))
+        write_parquet(staged / "episode.parquet", pa.Table.from_pylist([row], schema=schema))
         targets.append(("meta", staged / "episode.parquet", self.root / EPISODES_PATH.format(**loc)))
-        _write_json(staged / "stats.json", stats_mod.to_jsonable(dataset_stats))
+        write_json(staged / "stats.json", stats_mod.to_jsonable(dataset_stats))
         targets.append(("stats", staged / "stats.json", self.root / STATS_PATH))
-        _write_json(staged / "info.json", info)
+        write_json(staged / "info.json", info)
         targets.append(("info", staged / "info.json", self.root / INFO_PATH))
         crash_point("staged")
         return targets
@@ -709,23 +709,23 @@ class DatasetWriter:
         staging = _staging_dir(self.root)
         try:
             if self._rows and stats_count != self.num_frames:
-                _write_json(staging / "stats.json", stats_mod.to_jsonable(self._dataset_stats(None, None)))
+                write_json(staging / "stats.json", stats_mod.to_jsonable(self._dataset_stats(None, None)))
                 move(staging / "stats.json", stats_path)
             if on_disk != info:
-                _write_json(staging / "info.json", info)
+                write_json(staging / "info.json", info)
                 move(staging / "info.json", self.root / INFO_PATH)
             self.info = info
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _encoder_info(video: VideoOptions) -> dict:
+def encoder_info(video: VideoOptions) -> dict:
     """Encoder settings next to LeRobot's video info (newer LeRobot records them as video.<field>)."""
     return {"video.encoder": video.codec, "video.g": video.gop, "video.crf": video.crf, "video.preset": video.preset,
             "video.extra_options": dict(video.extra)}
 
 
-def _options_from_info(info: dict) -> VideoOptions:
+def options_from_info(info: dict) -> VideoOptions:
     for key in video_keys(info["features"]):
         block = info["features"][key].get("info") or {}
         if "video.encoder" in block:
@@ -735,7 +735,7 @@ def _options_from_info(info: dict) -> VideoOptions:
     return VideoOptions()
 
 
-def _lock(root: Path) -> int:
+def lock_dataset(root: Path) -> int:
     """Hold an exclusive lock on <root>/.staging/lock for the writer's lifetime (released on death)."""
     (root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
     fd = os.open(root / STAGING_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -93,6 +93,7 @@ class LearnResult:
 
 def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log: Callable = print) -> LearnResult:
     """Record (or reuse) the demonstrations under ``work``, train, evaluate; ``work/result.json``."""
+    from ..runtime.config import RuntimeConfig
     from ..sim.record_without_ros import record_expert
     from ..train.checkpoint import step_dir
     from ..train.config import load_config
@@ -148,16 +149,17 @@ def run_learn(settings: LearnSettings, work: Path, *, progress: bool = True, log
             (work / "result.json").write_text(json.dumps(previous.to_dict(), indent=2))
         return previous
     out = work / "eval"
+    runtime = RuntimeConfig.deployed(noise_scale=s.noise_scale)
     results = evaluate_checkpoints([final], s.task, episodes, eval_seed, out=out, labels=[s.label],
                                    latency_ticks=s.latency_ticks, seen_scenes=s.seen, progress=progress,
-                                   noise_scale=s.noise_scale)
+                                   runtime=runtime)
     policy, expert, oracle = results
     by_step = []
     for step in intermediate:
         early = evaluate_checkpoints([step_dir(run, step)], s.task, episodes, eval_seed,
                                      out=out / f"step_{step}", labels=[f"{s.label} @ {step}"], expert=False,
                                      latency_ticks=s.latency_ticks, seen_scenes=s.seen, plots=0,
-                                     progress=progress, noise_scale=s.noise_scale)[0]
+                                     progress=progress, runtime=runtime)[0]
         by_step.append({"step": step, "success": early.success_rate, "ci95": list(early.interval)})
     by_step.append({"step": s.steps, "success": policy.success_rate, "ci95": list(policy.interval)})
     metrics = _last_metrics(run / "metrics.jsonl")

@@ -19,7 +19,7 @@ Reported (metrics.json, report.html, report.md):
   call reported apart).
 
 Episodes come from a LeRobot dataset or from raw bags; bags go through
-``record.bag.bag_frames``, the recorder's own frame synchronization. The noise of every
+``record.from_bag.bag_frames``, the recorder's own frame synchronization. The noise of every
 chunk is seeded from (seed, episode, frame), so a rerun, or a run with another ``every``,
 predicts the same chunk for the same frame.
 """
@@ -106,7 +106,8 @@ def dataset_sources(root: str | Path, episodes: Sequence[int] | None = None,
 def bag_sources(bags: Sequence[str | Path], episodes: Sequence[int] | None = None,
                 cameras: Sequence[str] = CAMERA_ROLES, fps: float = 30.0) -> list[EpisodeSource]:
     """One episode per bag (``episodes``: positions in ``bags``), synchronized as the recorder does."""
-    from ..record.bag import BagError, bag_cameras, bag_prompt
+    from ..record.bag import BagError
+    from ..record.from_bag import bag_cameras, bag_prompt
 
     paths = [Path(b) for b in bags]
     if not paths:
@@ -133,7 +134,8 @@ def bag_sources(bags: Sequence[str | Path], episodes: Sequence[int] | None = Non
 
 def _bag_source(bag: Path, prompt: str, recorded: tuple[str, ...], cameras: Sequence[str],
                 fps: float) -> EpisodeSource:
-    from ..record.bag import BagError, bag_frames
+    from ..record.bag import BagError
+    from ..record.from_bag import bag_frames
 
     def frames() -> Iterator[ReplayFrame]:
         try:

@@ -1,7 +1,8 @@
 """Closed-loop evaluation in the MuJoCo twin: success rate with a confidence interval.
 
-Each episode runs the deployed runtime itself — ``ChunkScheduler`` (asynchronous chunks,
-elapsed steps skipped, blending) and ``SafetyFilter`` (limits, rate limits) — on the twin's
+Each episode runs the deployed runtime itself — config/policy.yaml's ``RuntimeConfig``, its
+``ChunkScheduler`` (asynchronous chunks, elapsed steps skipped, blending) and ``SafetyFilter``
+(limits, rate limits, workspace guard, tracking watchdog) — on the twin's
 rendered cameras and puppet state, exactly as the policy node wires them, but on a simulated
 clock: the twin does not advance while the model thinks. The model's latency is instead a
 fixed number of control ticks (``latency_ticks``, default 3 = 100 ms, a GPU's π0), enforced by
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.episode_ranges import format_episodes
 from ..runtime.clock import ManualClock
-from ..runtime.safety import LIMIT_CAUSES, POSITION, SafetyFilter
-from ..runtime.scheduler import ChunkScheduler, policy_infer
-from ..runtime.watchdog import TrackingWatchdog
-from ..runtime.workspace import WorkspaceGuard
+from ..runtime.config import RuntimeConfig
+from ..runtime.safety import LIMIT_CAUSES, POSITION
+from ..runtime.scheduler import policy_infer
 from ..sim.twin import CONTROL_HZ, Twin
 from .trace import EpisodeTrace, limit_shares, plot_trace
 
@@ -125,20 +126,16 @@ class _PacedModel:
         self._gate.release()
 
 
-@dataclass
-class RuntimeSettings:
-    """The policy node's runtime parameters (config/policy.yaml) that shape closed-loop behaviour."""
-
-    execute_steps: int = 25
-    refill_at: int = 15
-    mode: str = "blend"
-    blend_steps: int = 10
-    velocity_scale: float = 0.5
-    workspace_guard: bool = True  # the safety filter's workspace rule (the twin's geometry)
+def _twin_runtime(runtime: RuntimeConfig | None) -> RuntimeConfig:
+    """The deployed settings (config/policy.yaml) unless given; the twin only runs at its own rate."""
+    runtime = runtime or RuntimeConfig.deployed()
+    if abs(runtime.rate - CONTROL_HZ) > 1e-9:
+        raise ValueError(f"runtime rate: the twin runs at {CONTROL_HZ} Hz, got {runtime.rate:g}")
+    return runtime
 
 
 def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 3,
-                runtime: RuntimeSettings | None = None, video: Path | None = None,
+                runtime: RuntimeConfig | None = None, video: Path | None = None,
                 max_ticks: int | None = None, trace: EpisodeTrace | None = None) -> EpisodeOutcome:
     """One seeded episode of the policy behind ``infer`` driving the twin until success or the
     task's step limit (or ``max_ticks``, if shorter: quick checks). ``trace``: filled tick by
@@ -146,16 +143,13 @@ def run_episode(twin: Twin, infer: Callable, seed: int, *, latency_ticks: int = 
 
     The observation handed to ``infer`` also carries ``"tick"`` (the control tick it was taken
     at), which only privileged policies (``ExpertPlan``) read; ``policy_infer`` drops it."""
-    runtime = runtime or RuntimeSettings()
+    runtime = _twin_runtime(runtime)
     obs = twin.reset(seed)
     prompt = twin.info["prompt"]
     clock = ManualClock()
     model = _PacedModel(infer)
-    scheduler = ChunkScheduler(model, period=PERIOD, execute_steps=runtime.execute_steps,
-                               refill_at=runtime.refill_at, mode=runtime.mode, blend_steps=runtime.blend_steps,
-                               clock=clock, name=f"sim-eval-{seed}")
-    safety = SafetyFilter(period=PERIOD, velocity_scale=runtime.velocity_scale,  # as the policy node runs it
-                          workspace=WorkspaceGuard() if runtime.workspace_guard else None, watchdog=TrackingWatchdog())
+    scheduler = runtime.scheduler(model, clock=clock, name=f"sim-eval-{seed}")
+    safety = runtime.safety_filter()  # the Piper's limits and the twin's layout, as the policy node in the twin
     frames: list[np.ndarray] = []
     held = limited = 0
     by_cause: Counter[str] = Counter()
@@ -233,7 +227,7 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = CONTROL_HZ)
 
 
 def evaluate(infer: Callable, task: str, episodes: int, seed: int = 0, *, label: str = "policy",
-             checkpoint: str = "", latency_ticks: int = 3, runtime: RuntimeSettings | None = None,
+             checkpoint: str = "", latency_ticks: int = 3, runtime: RuntimeConfig | None = None,
              width: int = 224, height: int = 224, video_dir: Path | None = None, max_ticks: int | None = None,
              trace_dir: Path | None = None, plots: int = 3, progress: bool = True,
              cameras: tuple[str, ...] | None = None) -> SimEvalResult:
@@ -322,7 +316,7 @@ def expert_reference(task: str, episodes: int, seed: int = 0, progress: bool = T
 
 
 def oracle_reference(task: str, episodes: int, seed: int = 0, *, latency_ticks: int = 3,
-                     runtime: RuntimeSettings | None = None, trace_dir: Path | None = None, plots: int = 1,
+                     runtime: RuntimeConfig | None = None, trace_dir: Path | None = None, plots: int = 1,
                      progress: bool = True) -> SimEvalResult:
     """The expert's plan as a policy through the same scheduler and safety filter as a
     checkpoint (``ExpertPlan``): 100 % here and near-zero limiting means the runtime chain is
@@ -332,11 +326,10 @@ def oracle_reference(task: str, episodes: int, seed: int = 0, *, latency_ticks: 
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes: int, seed: int = 0, *,
-                         out: Path, labels: Sequence[str] | None = None, num_steps: int = 10, device: str = "auto",
-                         latency_ticks: int = 3, runtime: RuntimeSettings | None = None, width: int = 224,
-                         height: int = 224, videos: bool = False, expert: bool = True,
-                         max_ticks: int | None = None, plots: int = 3, seen_scenes: bool = False,
-                         noise_scale: float = 1.0, progress: bool = True) -> list[SimEvalResult]:
+                         out: Path, labels: Sequence[str] | None = None, latency_ticks: int = 3,
+                         runtime: RuntimeConfig | None = None, width: int = 224, height: int = 224,
+                         videos: bool = False, expert: bool = True, max_ticks: int | None = None, plots: int = 3,
+                         seen_scenes: bool = False, progress: bool = True) -> list[SimEvalResult]:
     """Each checkpoint on the same seeds, and with ``expert`` two reference rows: the scripted
     expert driving the twin directly, and its plan through the runtime (``oracle_reference``).
     Writes ``results.json``, ``results.md``, ``success.png`` and ``traces/`` (every episode's
@@ -348,6 +341,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes:
 
     from ..runtime.inference import load_for_inference
 
+    runtime = _twin_runtime(runtime)  # the model's settings (steps, noise, sampler, device) too
     labels = list(labels) if labels else [_label(c) for c in checkpoints]
     if len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
@@ -355,9 +349,9 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], task: str, episodes:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for checkpoint, label in zip(checkpoints, labels, strict=True):
-        policy = load_for_inference(checkpoint, device=device, noise_scale=noise_scale)
+        policy = load_for_inference(checkpoint, **runtime.model_options())
         torch.manual_seed(seed)  # the flow-matching noise: reruns give the same episodes
-        results.append(evaluate(policy_infer(policy, num_steps), task, episodes, seed, label=label,
+        results.append(evaluate(policy_infer(policy, runtime.num_steps), task, episodes, seed, label=label,
                                 checkpoint=str(checkpoint), latency_ticks=latency_ticks, runtime=runtime,
                                 width=width, height=height, video_dir=out / "videos" if videos else None,
                                 max_ticks=max_ticks, trace_dir=out / "traces", plots=plots, progress=progress))
@@ -386,22 +380,10 @@ def seen_seeds(checkpoint: str | Path, seeds: Sequence[int], allow: bool = False
     seen = sorted(set(seeds) & trained)
     if seen and not allow:
         raise SeenScenesError(
-            f"{checkpoint} was trained on {len(seen)} of the {len(seeds)} evaluation scenes (seeds {_spans(seen)}): "
+            f"{checkpoint} was trained on {len(seen)} of the {len(seeds)} evaluation scenes (seeds {format_episodes(seen, dash='–')}): "
             f"success there is memory, not generalisation. Evaluate from --seed {max(trained) + 1} on (past every "
             f"training scene), or pass --seen-scenes to score seen scenes on purpose (the report then says so).")
     return seen
-
-
-def _spans(seeds: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0–2, 5'."""
-    spans, start = [], None
-    for i, s in enumerate(seeds):
-        if start is None:
-            start = s
-        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
-            spans.append(f"{start}" if start == s else f"{start}–{s}")
-            start = None
-    return ", ".join(spans)
 
 
 def _label(checkpoint: str | Path) -> str:
@@ -451,7 +433,7 @@ def write_results(results: Sequence[SimEvalResult], out: Path) -> None:
               f"the model answers {latency} control ticks after it is asked (simulated clock).\n\n")
     seen = [r for r in results if r.seen_seeds]
     if seen:
-        header += ("**Seen scenes**: " + "; ".join(f"{r.label} was trained on seeds {_spans(r.seen_seeds)}"
+        header += ("**Seen scenes**: " + "; ".join(f"{r.label} was trained on seeds {format_episodes(r.seen_seeds, dash='–')}"
                                                    for r in seen) + " (evaluated on purpose with --seen-scenes: "
                    "success there is memory, not generalisation).\n\n")
     limits = limits_table(results)

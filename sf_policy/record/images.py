@@ -1,4 +1,5 @@
-"""sensor_msgs/Image payloads as RGB arrays, for rclpy messages and bag messages alike."""
+"""sensor_msgs/Image payloads as RGB arrays, for rclpy messages and bag messages alike, and
+their sizes against a dataset's (the live recorder and ``from_bag`` append to existing datasets)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,15 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data, topic:
 
 def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def size_mismatch(writer, sizes: dict[str, tuple[int, int]]) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+    """The first camera whose images do not fit ``writer``'s dataset: ``(role, (height, width)
+    of its images, (height, width) the dataset holds)``; None when every size fits."""
+    from ..data.features import image_key
+
+    for role, (height, width) in sizes.items():
+        held = tuple(writer.features[image_key(role)]["shape"][:2])
+        if held != (height, width):
+            return role, (height, width), held
+    return None

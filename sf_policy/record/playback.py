@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bag import BagError, _open_reader, typestore
+from .bag import BagError, open_reader, typestore
 
 HEADER_TYPE = "std_msgs/msg/Header"
 # The QoS each kind of topic had live (sf_nodes.common): images reliable keep-last-2 like the
@@ -95,7 +95,7 @@ class BagPlayback:
         self.topic_types: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         for bag in self.bags:
-            with _open_reader(bag) as reader:
+            with open_reader(bag) as reader:
                 for connection in reader.connections:
                     self._add(bag, connection.topic, connection.msgtype, connection.msgcount)
         wanted = list(topics) if topics else None
@@ -119,7 +119,7 @@ class BagPlayback:
 
     def __iter__(self) -> Iterator[PlaybackMessage]:
         for bag in self.bags:
-            with _open_reader(bag) as reader:
+            with open_reader(bag) as reader:
                 chosen = [c for c in reader.connections if c.topic in self.topic_types]
                 first = True
                 for connection, time_ns, data in reader.messages(connections=chosen):

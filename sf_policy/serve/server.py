@@ -15,23 +15,22 @@ keeps answering health checks and other clients while the model computes; at mos
 requests wait, more get 503. Malformed requests get a 4xx naming the field and never reach
 the model. With a token, everything but ``/health`` needs ``Authorization: Bearer <token>``
 (openpi's ``Api-Key <token>`` is accepted too; the websocket also takes ``?token=``).
+
+Beside it: ``auth`` (the bind rule and tokens), ``metadata`` (the checkpoint's identity and the
+contract ``/metadata`` returns), ``running`` (uvicorn's settings, a background server), ``wire``
+(the payloads).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ipaddress
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
-from sf_policy.embodiment import JOINT_NAMES, STATE_DIM
+from sf_policy.embodiment import STATE_DIM
+from sf_policy.serve.auth import authorized, check_token, token_of
+from sf_policy.serve.metadata import DEFAULT_FPS, DEFAULT_NUM_STEPS, policy_metadata
 from sf_policy.serve.wire import (
     JSON,
     MSGPACK,
@@ -60,153 +61,9 @@ from sf_policy.serve.wire import (
 log = logging.getLogger("sf_policy.serve")
 
 DEFAULT_MAX_PAYLOAD = 16 * 2**20
-DEFAULT_NUM_STEPS = 10
-DEFAULT_FPS = 30.0
-MIN_TOKEN_CHARS = 16
-TOKEN_ENV = "SF_SERVE_TOKEN"
 #: Bytes of an over-limit HTTP body read and discarded so the client sees the 413 rather than a reset.
 DRAIN_LIMIT = 64 * 2**20
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/octet-stream", "")
-
-
-class BindRefused(ValueError):
-    """Serving on a non-loopback address without a (good enough) token."""
-
-
-# --------------------------------------------------------------------------------------------
-# security
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def check_token(token: str | None) -> str | None:
-    """A token must be visible ASCII without spaces (it travels in a header)."""
-    if token is None:
-        return None
-    if not re.fullmatch(r"[!-~]+", token):
-        raise BindRefused("the token must be printable ASCII without spaces, e.g. "
-                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
-    return token
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback address without a token of at least ``MIN_TOKEN_CHARS`` characters."""
-    check_token(token)
-    if is_loopback(host):
-        return
-    if not token:
-        raise BindRefused(
-            f"refusing to serve on {host} without a token: anyone who can reach that address could run the "
-            f"policy and read its metadata. Pass --token (or set {TOKEN_ENV}), e.g. "
-            f"{TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
-            "or keep --host 127.0.0.1 and reach it through an SSH tunnel")
-    if len(token) < MIN_TOKEN_CHARS:
-        raise BindRefused(f"the token is {len(token)} characters; serving on {host} needs at least "
-                          f"{MIN_TOKEN_CHARS} (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-
-
-def token_of(headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> str | None:
-    """The token a client presented: ``Authorization: Bearer <t>`` (or openpi's ``Api-Key <t>``),
-    else ``?token=`` when ``query`` is given (websocket only)."""
-    auth = headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() in ("bearer", "api-key") and value.strip():
-            return value.strip()
-        return ""
-    if query is not None:
-        return query.get("token")
-    return None
-
-
-def authorized(expected: str | None, given: str | None) -> bool:
-    if expected is None:
-        return True
-    if not given:
-        return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
-
-
-class RedactTokens(logging.Filter):
-    """Blank ``token=...`` in log lines (uvicorn logs a websocket's path with its query)."""
-
-    pattern = re.compile(r"(token=)[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # Redact inside the arguments and keep their shape: uvicorn's access formatter unpacks
-        # record.args (5 of them), and replacing them by None printed "--- Logging error ---".
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.args, Mapping):
-            record.args = {k: self.pattern.sub(r"\1***", v) if isinstance(v, str) else v
-                           for k, v in record.args.items()}
-        if isinstance(record.msg, str) and "token=" in record.msg:
-            record.msg = self.pattern.sub(r"\1***", record.msg)
-        return True
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoint identity
-
-
-def fingerprint_dir(path: str | Path) -> str:
-    """sha256 over a directory's files (relative names and full contents), as ``sha256:<hex>``."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def checkpoint_info(checkpoint: str | Path) -> dict:
-    """What ``/metadata`` says about a checkpoint: its id, path, fingerprint and dataset's fingerprint."""
-    from sf_policy.train.checkpoint import DATASET_FILE, POLICY_DIR, resolve_checkpoint
-
-    root = resolve_checkpoint(checkpoint)
-    info = {"id": root.name, "run": root.parent.parent.name if root.parent.name == "checkpoints" else None,
-            "path": str(root.resolve()), "fingerprint": fingerprint_dir(root / POLICY_DIR)}
-    dataset = root / DATASET_FILE
-    if dataset.is_file():
-        try:
-            info["dataset_fingerprint"] = json.loads(dataset.read_text()).get("fingerprint")
-        except (ValueError, AttributeError):
-            info["dataset_fingerprint"] = None
-    return info
-
-
-def policy_metadata(policy, *, num_steps: int = DEFAULT_NUM_STEPS, fps: float = DEFAULT_FPS) -> dict:
-    """The contract a client needs, from a loaded ``Policy``."""
-    pc = policy.processor.config
-    return {
-        "protocol": PROTOCOL,
-        "version": PROTOCOL_VERSION,
-        "encoding": "msgpack; numpy arrays as {__ndarray__, data, dtype, shape} (openpi's msgpack_numpy)",
-        "joint_names": list(JOINT_NAMES),
-        "state_dim": STATE_DIM,
-        "action_dim": STATE_DIM,
-        "camera_roles": list(pc.camera_roles),
-        "image_size": pc.image_size,
-        "image_format": "uint8 RGB, HxWx3 (3xHxW accepted), any size; letterboxed to image_size",
-        "chunk_size": pc.chunk_size,
-        "fps": float(fps),
-        "num_steps": int(num_steps),
-        "actions": "absolute joint targets, one row per control tick at fps",
-        "action_units": {"joints": "rad", "gripper": "m (opening between the fingers, 0 = closed)"},
-        "representation": pc.representation,
-        "max_prompt_tokens": pc.max_prompt_tokens,
-        "dtype": str(policy.dtype).removeprefix("torch."),
-        "device": str(policy.device),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,74 +341,3 @@ async def read_body(request, limit: int) -> bytes:
     if over:
         raise payload_too_large(size_hint, limit)
     return b"".join(chunks)
-
-
-# --------------------------------------------------------------------------------------------
-# running it
-
-
-def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **kwargs):
-    """uvicorn settings for ``app``: websocket frames up to the payload limit (+1 MiB, so that a slightly
-    larger frame gets the 413 error frame; far larger ones are closed with 1009), no per-message
-    compression (arrays do not compress, and it costs CPU), the sans-I/O websockets implementation."""
-    import uvicorn
-
-    limit = getattr(app.state, "max_payload_bytes", DEFAULT_MAX_PAYLOAD)
-    options = {"ws": "websockets-sansio", "ws_max_size": limit + 2**20, "ws_per_message_deflate": False,
-               "log_level": log_level, "lifespan": "on", "timeout_graceful_shutdown": 5} | kwargs
-    return uvicorn.Config(app, host=host, port=port, **options)
-
-
-def install_log_redaction() -> None:
-    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokens) for f in logger.filters):
-            logger.addFilter(RedactTokens())
-
-
-class BackgroundServer:
-    """uvicorn serving ``app`` in a thread (tests, notebooks): ``with BackgroundServer(app) as s: s.url``.
-
-    ``port=0`` picks a free port; ``__enter__`` returns once the app has started (model loaded,
-    warmed up) and raises if it failed to.
-    """
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 120.0, **kwargs):
-        import uvicorn
-
-        self.host = host
-        self.server = uvicorn.Server(uvicorn_config(app, host, port, log_level=kwargs.pop("log_level", "warning"),
-                                                   **kwargs))
-        self.startup_timeout = startup_timeout
-        self.thread = threading.Thread(target=self.server.run, name="sf-serve", daemon=True)
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def __enter__(self) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the policy server failed to start (see its log)")
-            if time.monotonic() > deadline:
-                self.close()
-                raise TimeoutError(f"the policy server did not start within {self.startup_timeout} s")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-__all__ = ["DEFAULT_MAX_PAYLOAD", "TOKEN_ENV", "BackgroundServer", "BindRefused", "authorized", "check_bind",
-           "check_token", "checkpoint_info", "create_app", "fingerprint_dir", "install_log_redaction", "is_loopback",
-           "policy_metadata", "token_of", "uvicorn_config"]

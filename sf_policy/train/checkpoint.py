@@ -47,7 +47,7 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
-def dataset_fingerprint(root: str | Path) -> str:  # teacher.cache.pixel_fingerprint ignores state/action on purpose
+def dataset_fingerprint(root: str | Path) -> str:  # teacher.cache.fingerprint.pixel_fingerprint ignores state/action on purpose
     """sha256 over the dataset's metadata and tabular data (not the videos' bytes: their paths
     and sizes stand for them). Appending an episode changes it."""
     root = Path(root)

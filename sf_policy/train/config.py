@@ -33,7 +33,7 @@ class TeacherConfig:
     kind: str = "vggt"
     mode: str = "cache"
     checkpoint: str | None = None  # VGGT-1B model.pt / model.safetensors
-    cache_root: str | None = None  # default: teacher.cache.default_cache_root() ($SF_CACHE_DIR, else ~/.cache/sf_policy/teacher)
+    cache_root: str | None = None  # default: teacher.cache.store.default_cache_root() ($SF_CACHE_DIR, else ~/.cache/sf_policy/teacher)
     width: int = 518  # teacher input width (height keeps the aspect, multiple of 14)
     layer: int = -1  # aggregator layer (−1: the last of 24)
     dtype: str = "bf16"  # cache storage: bf16 | fp8

@@ -20,7 +20,7 @@ from .config import TeacherConfig
 
 
 def cache_arguments(teacher: TeacherConfig, grid: int = VLA_GRID, dim: int | None = None) -> dict:
-    """The settings that make up a cache's key (sf_policy.teacher.cache.cache_teacher/open_cache);
+    """The settings that make up a cache's key (sf_policy.teacher.cache.entry.cache_teacher/open_cache);
     ``grid``: the policy's patch grid per side (``vla_grid``); ``dim``: the geometry teacher's
     width (``align.teacher_dim``; VGGT's is its own)."""
     common = {"cache_root": teacher.cache_root, "dtype": teacher.dtype, "grid": grid}
@@ -52,7 +52,7 @@ def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", 
     rank's share and returns None. Once every rank has returned (a barrier), open the cache with
     ``open_cache`` (same settings) on each rank.
     """
-    from ..teacher.cache import cache_teacher
+    from ..teacher.cache.entry import cache_teacher
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     return cache_teacher(root, batch_size=teacher.batch_size, device=device, progress=progress, shard=shard,
@@ -62,7 +62,7 @@ def build_cache(root: str | Path, teacher: TeacherConfig, device: str = "auto", 
 def open_cache(root: str | Path, teacher: TeacherConfig, grid: int = VLA_GRID, dim: int | None = None):
     """The complete cache of ``root`` for these teacher settings, without loading the teacher
     (after a sharded ``build_cache``'s barrier); IncompleteCacheError if some rank's rows are missing."""
-    from ..teacher.cache import open_cache
+    from ..teacher.cache.entry import open_cache
 
     return open_cache(root, **cache_arguments(teacher, grid, dim))
 
@@ -75,11 +75,11 @@ class TargetSource:
                  dim: int | None = None):
         self.mode = teacher.mode
         if self.mode == "cache":
-            from ..teacher.cache import open_cache
+            from ..teacher.cache.entry import open_cache
 
             self.cache = open_cache(root, **cache_arguments(teacher, grid, dim))
             return
-        from ..teacher.cache import tiny_teacher
+        from ..teacher.cache.entry import tiny_teacher
         from ..teacher.features import Teacher
 
         if teacher.kind == "random":

@@ -12,7 +12,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.py")),
-        (f"share/{package_name}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # foxglove_layout.json: generated from sf_policy/topics.py (sf_policy/data/view.py)
+        (f"share/{package_name}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.json")),
         (f"share/{package_name}/config/tasks", glob("config/tasks/*.yaml")),
         # written by `sf calibrate intrinsics`; absent until the cameras are calibrated
         (f"share/{package_name}/config/intrinsics", glob("config/intrinsics/*.yaml")),

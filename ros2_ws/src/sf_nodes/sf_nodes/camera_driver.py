@@ -27,29 +27,12 @@ from sf_policy.drivers.cameras import (CameraError, CameraSource, CameraStream, 
                                        StreamStatus, open_camera)
 from sf_policy.topics import CAMERA_ROLES
 
-from .common import (ERROR, IMAGE_QOS, OK, WARN, diagnostic_status, diagnostics_publisher, header,
-                     publish_diagnostics, run_node)
+from .common import (ERROR, IMAGE_QOS, OK, WARN, camera_info_msg, diagnostic_status, diagnostics_publisher,
+                     header, image_msg, publish_diagnostics, run_node)
 
 SourceFactory = Callable[[CameraConfig], CameraSource]
 RATE_WARN_FRACTION = 0.8  # below this share of the configured fps, diagnostics say WARN
 JPEG_QUALITY = 90
-
-
-def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
-    array = np.ascontiguousarray(array)
-    height, width = array.shape[:2]
-    return Image(header=header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
-                 is_bigendian=int(sys.byteorder == "big"), step=array.strides[0], data=array.tobytes())
-
-
-def camera_info_msg(intr: Intrinsics, stamp_ns: int, frame_id: str) -> CameraInfo:
-    fx, fy, cx, cy = intr.fx, intr.fy, intr.cx, intr.cy
-    return CameraInfo(header=header(stamp_ns, frame_id), width=intr.width, height=intr.height,
-                      distortion_model=intr.distortion_model, d=list(intr.coefficients),
-                      k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
-                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=list(intr.projection) if intr.projection is not None
-                      else [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def jpeg_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedImage:

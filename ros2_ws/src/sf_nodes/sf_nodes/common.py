@@ -1,4 +1,6 @@
-"""Small pieces every node shares: QoS profiles, headers, diagnostics and the main() wrapper."""
+"""Small pieces the nodes share: QoS profiles, headers, image messages, diagnostics and the main() wrapper.
+
+Nodes import from here, never from each other (what is ROS-free lives in ``sf_policy``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rclpy
@@ -15,11 +18,14 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
 from sf_policy.embodiment import arm_positions
 from sf_policy.topics import DIAGNOSTICS
+
+if TYPE_CHECKING:
+    from sf_policy.drivers.cameras import Intrinsics
 
 #: Small sensor streams (joint states): best effort, keep the latest few. Subscribers
 #: must be best effort too (ros2 topic echo and rviz adapt by themselves).
@@ -38,6 +44,31 @@ COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 PROMPT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+#: Recorder commands (topics.RECORDER_COMMAND), for the recorder and the twin's scripted pedal: a few may
+#: queue in a burst, none may be lost.
+RECORDER_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+#: The recorder's status (topics.RECORDER_STATUS): the newest one, latched for late joiners.
+RECORDER_STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: The twin's finished-episode reports (topics.SIM_EPISODE): all of them, for late joiners too.
+SIM_EPISODE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+#: Samples an image subscription keeps until the executor takes them: one second of images. With
+#: best effort, a deeper queue is what turns a late executor (GC, a burst of saving work on two
+#: cores) into a delay instead of a lost frame: with depth 5 the recorder's soak lost ~1 frame in
+#: 600 on a loaded 2-core machine (bench/record.py, docs/recording.md).
+IMAGE_DEPTH = 30
+
+
+def image_qos(reliability: str) -> QoSProfile:
+    """The QoS of a subscription to camera images (recorder, policy node); ``reliability`` is the
+    nodes' ``image_reliability`` parameter (best_effort | reliable)."""
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ValueError(f"parameter image_reliability: expected best_effort or reliable, got {reliability!r}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_DEPTH, reliability=policies[reliability])
+
 
 OK, WARN, ERROR, STALE = (DiagnosticStatus.OK, DiagnosticStatus.WARN,
                           DiagnosticStatus.ERROR, DiagnosticStatus.STALE)
@@ -51,6 +82,23 @@ def header(stamp_ns: int, frame_id: str) -> Header:
 
 def stamp_to_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
+    array = np.ascontiguousarray(array)
+    height, width = array.shape[:2]
+    return Image(header=header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
+                 is_bigendian=int(sys.byteorder == "big"), step=array.strides[0], data=array.tobytes())
+
+
+def camera_info_msg(intr: Intrinsics, stamp_ns: int, frame_id: str) -> CameraInfo:
+    fx, fy, cx, cy = intr.fx, intr.fy, intr.cx, intr.cy
+    return CameraInfo(header=header(stamp_ns, frame_id), width=intr.width, height=intr.height,
+                      distortion_model=intr.distortion_model, d=list(intr.coefficients),
+                      k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=list(intr.projection) if intr.projection is not None
+                      else [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def diagnostic_status(name: str, hardware_id: str, level: bytes, message: str,

@@ -25,7 +25,7 @@ from std_srvs.srv import Trigger
 
 from sf_policy import topics
 
-from .common import COMMAND_QOS, DIAGNOSTICS_QOS, IMAGE_QOS, SENSOR_QOS, header
+from .common import COMMAND_QOS, DIAGNOSTICS_QOS, IMAGE_QOS, SENSOR_QOS, SIM_EPISODE_QOS, header
 
 WAVE_AMPLITUDE = np.array([0.15, 0.1, -0.1, 0.15, 0.1, 0.2, 0.01])
 WAVE_HZ = 0.5
@@ -54,9 +54,7 @@ class DriverMonitor(Node):
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, DIAGNOSTICS_QOS)
         self.episode_reports: list[dict] = []
         if self.episodes:
-            from .sim_node import EPISODE_QOS, EPISODE_TOPIC
-
-            self.create_subscription(String, EPISODE_TOPIC, self._on_episode, EPISODE_QOS)
+            self.create_subscription(String, topics.SIM_EPISODE, self._on_episode, SIM_EPISODE_QOS)
         self.cmd_pubs = {s: self.create_publisher(JointState, topics.arm_command(s), COMMAND_QOS) for s in self.sides}
 
     def _watch(self, topic: str, msg_type, qos) -> None:

@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 from builtin_interfaces.msg import Duration
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -34,22 +35,30 @@ from sf_policy import topics
 from sf_policy.config import load_robot_config
 from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, JOINT_NAMES, PIPER_LIMITS, SIDES
 from sf_policy.record.images import image_to_rgb
+from sf_policy.runtime.config import RuntimeConfig, describe, settings
 from sf_policy.runtime.safety import ESTOP, SafetyFilter
 from sf_policy.runtime.scheduler import ChunkScheduler, policy_infer
-from sf_policy.runtime.watchdog import DEFAULT_MAX_DURATION, DEFAULT_MAX_ERROR, TrackingWatchdog
-from sf_policy.runtime.workspace import WorkspaceGuard
 
 from .common import (COMMAND_QOS, ERROR, OK, PROMPT_QOS, SENSOR_QOS, WARN, diagnostic_status, diagnostics_publisher,
                      header, ordered_positions, publish_diagnostics, run_node, stamp_to_ns)
-from .recorder import image_qos
+from .common import image_qos
 
 DRY_RUN_PREFIX = "/policy/dry_run"
 TARGET_TOPIC = "/policy/target"  # the scheduler's target of each tick, before the safety filter
 
 
-def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device: str, *, dtype: str = "",
-               sampler: str = "fast", compile: bool = False, cuda_graph: bool = True, noise_scale: float = 1.0,
-               max_guidance: float | None = None):
+def declare_runtime(node) -> RuntimeConfig:
+    """Declare one read-only ROS parameter per runtime setting (a running node would not act on
+    a change: ``ros2 param set`` is refused instead of ignored) and validate their values."""
+    values = {f.name: node.declare_parameter(f.name, f.default, _about(describe(f))).value for f in settings()}
+    return RuntimeConfig.from_values(values)
+
+
+def _about(description: str) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, read_only=True)
+
+
+def load_infer(checkpoint: str, remote: str, token: str, runtime: RuntimeConfig):
     """The model boundary: ``infer(sample) -> chunk [H, 14]`` from a checkpoint or a server."""
     if remote:
         from sf_policy.serve.client import PolicyClient
@@ -60,61 +69,37 @@ def load_infer(checkpoint: str, remote: str, token: str, num_steps: int, device:
         raise ValueError("parameter checkpoint: set a trained checkpoint directory (or remote:=<server url>)")
     from sf_policy.runtime.inference import load_for_inference
 
-    policy = load_for_inference(checkpoint, device=device, dtype=dtype or None, sampler=sampler, compile=compile,
-                                cuda_graph=cuda_graph, noise_scale=noise_scale, max_guidance=max_guidance)
-    return policy_infer(policy, num_steps)
+    policy = load_for_inference(checkpoint, **runtime.model_options())
+    return policy_infer(policy, runtime.num_steps)
 
 
 class PolicyNode(LifecycleNode):
     def __init__(self, infer=None, **kwargs):
         super().__init__(kwargs.pop("node_name", "policy"), **kwargs)
-        p = self.declare_parameter
-        self.checkpoint = p("checkpoint", "").value
-        self.remote = p("remote", "").value
+        # How the arms are driven: declared from RuntimeConfig (type, default, description,
+        # valid values: `ros2 param describe policy <name>`); policy.yaml holds the deployed values.
+        self.runtime = declare_runtime(self)
+        self.rate = self.runtime.rate
+        p = self.declare_parameter  # what to run, and where: per task and robot (policy.launch.py fills them)
+        self.checkpoint = p("checkpoint", "", _about("a trained checkpoint directory")).value
+        self.remote = p("remote", "", _about("a policy server's URL (sf serve) instead of a checkpoint")).value
         # The server's bearer token: the environment (like `sf serve`) keeps it out of launch files and `ps`
-        self.token = p("token", "").value or os.environ.get("SF_SERVE_TOKEN", "")
-        self.prompt = p("prompt", "").value
-        self.rate = float(p("rate", 30.0).value)
-        self.num_steps = int(p("num_steps", 10).value)
-        self.execute_steps = int(p("execute_steps", 25).value)
-        self.refill_at = int(p("refill_at", 15).value)
-        self.mode = p("mode", "blend").value  # blend | replace | rtc (real-time chunking)
-        self.blend_steps = int(p("blend_steps", 10).value)
-        self.rtc_max_guidance = float(p("rtc_max_guidance", 5.0).value)  # rtc: the guidance clip beta
-        self.adaptive = bool(p("adaptive_horizon", True).value)
-        self.on_error = p("on_error", "hold").value
-        self.max_obs_age = float(p("max_obs_age", 0.2).value)
-        self.velocity_scale = float(p("velocity_scale", 0.5).value)
-        # The tracking watchdog: an arm joint this far (rad) from its command for this long (s)
-        # latches the e-stop (a collision, a blocked arm, a dead motor); max_error 0 turns it off.
-        self.tracking_max_error = float(p("tracking_max_error", DEFAULT_MAX_ERROR).value)
-        self.tracking_max_duration = float(p("tracking_max_duration", DEFAULT_MAX_DURATION).value)
-        # The robot YAML's joint limits, which the drivers and the teleop link honour ("": factory limits)
-        self.robot_config = p("robot_config", "").value
-        self.dry_run = bool(p("dry_run", False).value)
-        self.device = p("device", "auto").value
-        self.dtype = p("dtype", "").value  # "": bfloat16 on a GPU, float32 on CPU
-        self.sampler = p("sampler", "fast").value
-        self.compile = bool(p("compile", False).value)
-        self.cuda_graph = bool(p("cuda_graph", True).value)
-        self.noise_scale = float(p("noise_scale", 1.0).value)
-        self.cameras = [c for c in p("cameras", list(topics.CAMERA_ROLES)).value if c]
-        self.image_reliability = p("image_reliability", "best_effort").value
-        self.autostart = bool(p("autostart", False).value)
+        self.token = p("token", "", _about("the server's bearer token (prefer SF_SERVE_TOKEN)")).value \
+            or os.environ.get("SF_SERVE_TOKEN", "")
+        self.prompt = p("prompt", "", _about("the instruction; publish on /sf/prompt to change it while running")).value
+        self.cameras = [c for c in p("cameras", list(topics.CAMERA_ROLES),
+                                     _about("the camera roles the policy was trained with")).value if c]
+        # The robot YAML's joint limits and workspace, which the drivers and the teleop link honour too
+        self.robot_config = p("robot_config", "", _about("robot YAML ('': factory limits, the twin's layout)")).value
+        self.autostart = bool(p("autostart", False, _about("configure and activate on start")).value)
+        self.dry_run = self.runtime.dry_run
         self._infer = infer  # tests may hand in the model boundary; otherwise configure loads it
         self.images: dict[str, Image] = {}
         self.states: dict[str, JointState] = {}
         self.scheduler: ChunkScheduler | None = None
-        # The workspace guard: commands into the table, keep-out boxes or the other arm are held
-        # (geometry: the robot YAML's workspace section, else AgileX's layout as in the twin).
-        self.workspace_guard = bool(p("workspace_guard", True).value)
         robot = load_robot_config(self.robot_config) if self.robot_config else None
-        limits = robot.limits if robot else dict(PIPER_LIMITS)
-        guard = WorkspaceGuard(robot.workspace if robot else None) if self.workspace_guard else None
-        watchdog = (TrackingWatchdog(self.tracking_max_error, self.tracking_max_duration)
-                    if self.tracking_max_error > 0 else None)
-        self.safety = SafetyFilter(limits, period=1.0 / self.rate, velocity_scale=self.velocity_scale,
-                                   max_obs_age=self.max_obs_age, workspace=guard, watchdog=watchdog)
+        self.safety = self.runtime.safety_filter(robot.limits if robot else dict(PIPER_LIMITS),
+                                                 workspace=robot.workspace if robot else None)
         self._timer = None
         self._observed_ns = 0
         self._chunks_published = 0
@@ -122,7 +107,7 @@ class PolicyNode(LifecycleNode):
         self.hold_reason = ""
         for role in self.cameras:
             self.create_subscription(Image, topics.camera_image(role), lambda m, r=role: self.images.__setitem__(r, m),
-                                     image_qos(self.image_reliability))
+                                     image_qos(self.runtime.image_reliability))
         for side in SIDES:
             self.create_subscription(JointState, topics.puppet_state(side),
                                      lambda m, s=side: self.states.__setitem__(s, m), SENSOR_QOS)
@@ -160,19 +145,15 @@ class PolicyNode(LifecycleNode):
     # --- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.num_steps, self.device,
-                                              dtype=self.dtype, sampler=self.sampler, compile=self.compile,
-                                              cuda_graph=self.cuda_graph, noise_scale=self.noise_scale,
-                                              max_guidance=self.rtc_max_guidance)
-            self.scheduler = ChunkScheduler(infer, period=1.0 / self.rate, execute_steps=self.execute_steps,
-                                            refill_at=self.refill_at, mode=self.mode, blend_steps=self.blend_steps,
-                                            adaptive=self.adaptive, on_error=self.on_error)
+            infer = self._infer or load_infer(self.checkpoint, self.remote, self.token, self.runtime)
+            self.scheduler = self.runtime.scheduler(infer)
             infer(self._warmup_sample())  # the first call compiles / allocates: not on the control path
         except Exception as exc:  # noqa: BLE001 - any loading error fails the transition, named
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         source = self.remote or self.checkpoint or "the given model"
-        self.get_logger().info(f"policy from {source}; {self.rate:g} Hz, {self.mode}, executes {self.execute_steps}"
+        self.get_logger().info(f"policy from {source}; {self.rate:g} Hz, {self.runtime.mode}, executes "
+                               f"{self.runtime.execute_steps}"
                                f" steps per chunk{', DRY RUN on ' + DRY_RUN_PREFIX if self.dry_run else ''}")
         return TransitionCallbackReturn.SUCCESS
 

@@ -25,43 +25,22 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sf_policy import topics
-from sf_policy.data.features import image_key
 from sf_policy.data.writer import DatasetWriter, VideoOptions
 from sf_policy.embodiment import arm_positions
-from sf_policy.record.images import image_to_rgb, stamp_ns
+from sf_policy.record.bag import arm_topic, recorder_streams, recorder_topics
+from sf_policy.record.images import image_to_rgb, size_mismatch, stamp_ns
 from sf_policy.record.session import CommandError, RecordingSession, SessionConfig
 from sf_policy.record.sync import ARM_STREAMS, FrameSync
 
-from .common import ERROR, OK, WARN, diagnostic_status, diagnostics_publisher, publish_diagnostics, run_node
+from .common import (ERROR, OK, RECORDER_COMMAND_QOS, RECORDER_STATUS_QOS, WARN, diagnostic_status,
+                     diagnostics_publisher, image_qos, publish_diagnostics, run_node)
 
-COMMAND_QUEUE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-#: Samples a subscription keeps until the executor takes them: one second of images (and a quarter
-#: second of arm states). With best effort, a deeper queue is what turns a late executor (GC, a
-#: burst of saving work on two cores) into a delay instead of a lost frame: with depth 5 the soak
-#: lost ~1 frame in 600 on a loaded 2-core machine (bench/record.py, docs/recording.md).
-IMAGE_DEPTH = 30
+#: Arm states a subscription keeps until the executor takes them: a quarter second (images: one
+#: second, common.IMAGE_DEPTH). A deeper queue turns a late executor into a delay, not a lost sample.
 ARM_DEPTH = 50
-
-
-def image_qos(reliability: str) -> QoSProfile:
-    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-    if reliability not in policies:
-        raise ValueError(f"parameter image_reliability: expected best_effort or reliable, got {reliability!r}")
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_DEPTH, reliability=policies[reliability])
-
-
 #: The drivers' sensor QoS (best effort, volatile), deeper.
 ARM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=ARM_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT,
                      durability=DurabilityPolicy.VOLATILE)
-
-
-def arm_topic(stream: str) -> str:
-    kind, side = stream.split("_")
-    return topics.puppet_state(side) if kind == "puppet" else topics.master_state(side)
 
 
 class RecorderNode(Node):
@@ -81,17 +60,15 @@ class RecorderNode(Node):
             topics.check_camera_role(role)
         self.writer = None  # opened at the first start, when image sizes are known
         self._latest_shape: dict[str, tuple[int, int]] = {}
-        stream_topics = {role: topics.camera_image(role) for role in self.roles}
-        stream_topics |= {name: arm_topic(name) for name in ARM_STREAMS}
         self.session = RecordingSession(
-            _LazyWriter(self), FrameSync(self.roles, ARM_STREAMS, fps=p["fps"]), stream_topics,
+            _LazyWriter(self), FrameSync(self.roles, ARM_STREAMS, fps=p["fps"]), recorder_streams(self.roles),
             SessionConfig(max_duration_s=p["max_duration_s"], stall_s=p["stall_s"], episodes=p["episodes"],
                           default_prompt=p["task"]),
             log=self.get_logger().info, clock=lambda: self.get_clock().now().nanoseconds)
         self.bags = None
         if p["bag_root"]:
-            from sf_policy.record.bag import EpisodeBags
-            self.bags = EpisodeBags(Path(p["bag_root"]).expanduser(), stream_topics_types(stream_topics),
+            from sf_policy.record.episode_bags import EpisodeBags
+            self.bags = EpisodeBags(Path(p["bag_root"]).expanduser(), recorder_topics(self.roles),
                                     dataset_name=self.root.name, log=self.get_logger().error)
 
         qos = image_qos(p["image_reliability"])
@@ -99,10 +76,10 @@ class RecorderNode(Node):
             self.create_subscription(Image, topics.camera_image(role), self._image_callback(role), qos, raw=True)
         for name in ARM_STREAMS:
             self.create_subscription(JointState, arm_topic(name), self._arm_callback(name), ARM_QOS, raw=True)
-        self.create_subscription(String, topics.RECORDER_COMMAND, self._on_command, COMMAND_QUEUE_QOS)
+        self.create_subscription(String, topics.RECORDER_COMMAND, self._on_command, RECORDER_COMMAND_QOS)
         for word in topics.RECORDER_COMMANDS:
             self.create_service(Trigger, f"~/{word}", self._service(word))
-        self._status_pub = self.create_publisher(String, topics.RECORDER_STATUS, STATUS_QOS)
+        self._status_pub = self.create_publisher(String, topics.RECORDER_STATUS, RECORDER_STATUS_QOS)
         self._diag_pub = diagnostics_publisher(self)
         self.create_timer(0.1, self._check)
         self.create_timer(0.5, self._publish_status)
@@ -236,11 +213,11 @@ class RecorderNode(Node):
         return self.writer
 
     def _check_sizes(self, writer: DatasetWriter) -> None:
-        for role, (height, width) in self._latest_shape.items():
-            shape = writer.features[image_key(role)]["shape"][:2]
-            if tuple(shape) != (height, width):
-                raise CommandError(f"{topics.camera_image(role)} sends {width}x{height} images but "
-                                   f"{self.root} holds {shape[1]}x{shape[0]}; record into another dataset_root")
+        wrong = size_mismatch(writer, self._latest_shape)
+        if wrong:
+            role, (height, width), shape = wrong
+            raise CommandError(f"{topics.camera_image(role)} sends {width}x{height} images but "
+                               f"{self.root} holds {shape[1]}x{shape[0]}; record into another dataset_root")
 
     def close(self) -> None:
         self.session.close()
@@ -263,11 +240,6 @@ class _LazyWriter:
     def num_episodes(self) -> int | None:
         """The opened dataset's episode count (None until the first episode opens it)."""
         return self._node.writer.num_episodes if self._node.writer is not None else None
-
-
-def stream_topics_types(stream_topics: dict[str, str]) -> dict[str, str]:
-    return {topic: ("sensor_msgs/msg/Image" if stream in topics.CAMERA_ROLES else "sensor_msgs/msg/JointState")
-            for stream, topic in stream_topics.items()}
 
 
 def main(args=None) -> int:

@@ -7,9 +7,9 @@ targets, as a policy would), and runs episodes: ``~/reset`` (std_srvs/Trigger) s
 episode given by the ``task`` and ``seed`` parameters; every finished episode is reported
 as JSON on ``/sim/episode`` (std_msgs/String). With ``operator:=scripted`` the task's
 scripted expert plays the teleoperator and drives the master arms. With
-``recorder_control:=true`` it also works the recorder's pedal: it waits until the recorder
-hears every stream, sends "start <prompt>", holds still ``hold_s``, runs the episode, sends
-"stop" after a success or "discard" after a failure, and holds still again.
+``recorder_control:=true`` it also works the recorder's pedal (``sf_policy.sim.pedal``): it waits
+until the recorder hears every stream, sends "start <prompt>", holds still ``hold_s``, runs the
+episode, sends "stop" after a success or "discard" after a failure, and holds still again.
 
 ``link`` models the master-puppet link: ``hardware`` (default) as above, the puppets track
 the masters; ``software``: the puppets follow only the command topics (the teleop_link node
@@ -28,25 +28,18 @@ import time
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sf_policy import topics
 from sf_policy.embodiment import ARM_STATE_NAMES, DOF_PER_ARM, SIDES
+from sf_policy.sim.pedal import ScriptedPedal
 from sf_policy.sim.twin import CONTROL_HZ, Twin
 
-from .camera_driver import camera_info_msg, image_msg
-from .common import (COMMAND_QOS, ERROR, IMAGE_QOS, OK, PROMPT_QOS, SENSOR_QOS, diagnostic_status,
-                     diagnostics_publisher, header, ordered_positions, publish_diagnostics, run_node, stale_reason)
-
-EPISODE_TOPIC = "/sim/episode"
-RECORDER_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-RECORDER_STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EPISODE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+from .common import (COMMAND_QOS, ERROR, IMAGE_QOS, OK, PROMPT_QOS, RECORDER_COMMAND_QOS, RECORDER_STATUS_QOS,
+                     SENSOR_QOS, SIM_EPISODE_QOS, camera_info_msg, diagnostic_status, diagnostics_publisher, header,
+                     image_msg, ordered_positions, publish_diagnostics, run_node, stale_reason)
 
 
 class SimNode(Node):
@@ -78,7 +71,7 @@ class SimNode(Node):
         self._commands: dict[str, np.ndarray] = {}
         self._reset_request: threading.Event | None = None
         self._episode_log: list[dict] = []
-        self._recorder_status: dict = {}
+        self._pedal: ScriptedPedal | None = None  # recorder_control: the scripted operator's pedal
         self._steps = 0  # physics steps since start: the camera cadence runs on across episodes
         self._next_wall = time.monotonic()
         self._last_error = ""
@@ -94,7 +87,7 @@ class SimNode(Node):
         self._info_pubs = {r: self.create_publisher(CameraInfo, topics.camera_info(r), IMAGE_QOS) for r in self.roles}
         self._depth_pubs = ({r: self.create_publisher(Image, topics.camera_depth(r), IMAGE_QOS) for r in self.roles}
                             if self.depth else {})
-        self._episode_pub = self.create_publisher(String, EPISODE_TOPIC, EPISODE_QOS)
+        self._episode_pub = self.create_publisher(String, topics.SIM_EPISODE, SIM_EPISODE_QOS)
         self._prompt_pub = self.create_publisher(String, topics.PROMPT, PROMPT_QOS)
         self._diag_pub = diagnostics_publisher(self)
         for side in SIDES:
@@ -102,7 +95,11 @@ class SimNode(Node):
                                      lambda msg, side=side: self._on_command(side, msg), COMMAND_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
         if self.recorder_control:
-            self._recorder_pub = self.create_publisher(String, topics.RECORDER_COMMAND, RECORDER_COMMAND_QOS)
+            recorder_pub = self.create_publisher(String, topics.RECORDER_COMMAND, RECORDER_COMMAND_QOS)
+            self._pedal = ScriptedPedal(send=lambda text: recorder_pub.publish(String(data=text)),
+                                        listening=lambda: recorder_pub.get_subscription_count() > 0,
+                                        hold_s=self.hold_s, log=self.get_logger().info,
+                                        warn=self.get_logger().warning)
             self.create_subscription(String, topics.RECORDER_STATUS, self._on_recorder_status, RECORDER_STATUS_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -123,7 +120,7 @@ class SimNode(Node):
             self._commands[side] = target
 
     def _on_recorder_status(self, msg: String) -> None:
-        self._recorder_status = json.loads(msg.data)
+        self._pedal.on_status(json.loads(msg.data))
 
     def _on_reset(self, request, response):
         self.task = self.get_parameter("task").value
@@ -225,38 +222,14 @@ class SimNode(Node):
                 return
             self._physics_step(twin, master)
 
-    # --- the recorder's pedal (recorder_control) ----------------------------------------------
-    def _recorder_ready(self) -> bool:
-        status = self._recorder_status
-        # Hearing its status does not mean it hears us: discovery matches each direction apart.
-        listening = self._recorder_pub.get_subscription_count() > 0
-        return listening and status.get("state") == "idle" and not status.get("silent", ["?"])
-
+    # --- the recorder's pedal (recorder_control; the logic is sf_policy.sim.pedal) ------------
     def _begin_recording(self, twin: Twin) -> None:
-        if not self.recorder_control:
-            return
-        if not self._recorder_ready():
-            self.get_logger().info(f"waiting for the recorder on {topics.RECORDER_STATUS} to hear every stream")
-            self._hold(twin, until=self._recorder_ready)
-        command = String(data=f"start {twin.info['prompt']}")
-        # A command can be lost while discovery is still matching the recorder's subscription to
-        # us: send again until its status says it records (a repeated start is refused, harmless).
-        for attempt in range(5):
-            self._recorder_status = {}
-            self._recorder_pub.publish(command)
-            self._hold(twin, 2.0, until=lambda: self._recorder_status.get("state") == "recording")
-            if self._recorder_status.get("state") == "recording":
-                break
-            self.get_logger().warning(f"the recorder did not start (attempt {attempt + 1}); sending start again")
-        self._hold(twin, self.hold_s)
+        if self._pedal is not None:
+            self._pedal.begin(twin.info["prompt"], lambda seconds, until: self._hold(twin, seconds, until))
 
     def _end_recording(self, twin: Twin) -> None:
-        if not self.recorder_control:
-            return
-        self._recorder_pub.publish(String(data="stop" if twin.success() else "discard"))
-        self._hold(twin, self.hold_s)
-        # The recorder answers within one status period; a stale "recording" must not count as ready.
-        self._recorder_status = {}
+        if self._pedal is not None:
+            self._pedal.end(twin.success(), lambda seconds, until: self._hold(twin, seconds, until))
 
     def _drive(self, twin: Twin, master: np.ndarray) -> None:
         """The master-puppet link. ``hardware``: the puppets' servos track the masters.
