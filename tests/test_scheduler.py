@@ -479,6 +479,26 @@ def test_adaptive_horizon_executes_late_chunks_in_time_instead_of_dropping_them(
     np.testing.assert_allclose(np.array([adaptive_actions[k] for k in executed]), trajectory(executed), atol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["blend", "replace"])
+def test_adaptive_changes_nothing_while_the_model_is_on_time(rigs, mode):
+    """The adaptive horizon is for a model slower than the horizon. With chunks landing well
+    inside it (3 ticks of latency), the requests and where every command comes from (chunk,
+    step) are the fixed scheduler's. Before, every chunk ran `latency` steps longer, so each
+    request came 3 ticks later and the arm went deeper into each chunk (a fitted policy of
+    the consistency check then missed its own grasp)."""
+    runs = []
+    for adaptive in (False, True):
+        rig = rigs(latency=3, execute_steps=25, refill_at=15, mode=mode, adaptive=adaptive)
+        sources = []
+        for k in range(200):
+            rig.step(k)
+            info = rig.sched.last_tick_info
+            sources.append((info.chunk, info.step))
+        runs.append((sources, [obs["tick"] for obs in rig.model.seen]))
+    assert runs[0] == runs[1]
+    assert max(step for _, step in runs[1][0] if step is not None) < 25
+
+
 def test_adaptive_refill_asks_earlier_for_a_slow_model(rigs):
     rig = rigs(latency=12, execute_steps=40, refill_at=5, adaptive=True)
     actions = rig.run(240)

@@ -383,8 +383,10 @@ class ChunkScheduler:
         chunk = result.chunk
         skip = max(k - result.obs_tick, 0)
         horizon = min(self.execute_steps, len(chunk))
-        if self.adaptive:  # late: still run time-correct steps, as many as execute_steps
-            horizon = min(len(chunk), max(horizon, skip + self.execute_steps))
+        if self.adaptive and skip >= horizon:  # late: still run time-correct steps, as many as execute_steps
+            # (only then: an on-time chunk extended by its skip would replan `skip` ticks later
+            # and run deeper into every chunk than the fixed horizon allows)
+            horizon = min(len(chunk), skip + self.execute_steps)
         if skip >= horizon:
             with self._cond:
                 self._counts["late_chunks"] += 1
