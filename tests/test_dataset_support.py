@@ -42,6 +42,18 @@ def record(episode, n: int, cameras: dict[str, tuple[int, int]], episode_seed: i
         episode.add_frame(frame_values(i, episode_seed), images=frame_images(i, cameras, episode_seed))
 
 
+def write_dataset(root, cameras: dict[str, tuple[int, int]], lengths, tasks):
+    """A dataset of synthetic episodes (episode e: lengths[e] frames of tasks[e]), written by the writer."""
+    from sf_policy.data.writer import DatasetWriter
+
+    with DatasetWriter.create(root, fps=FPS, cameras=cameras) as writer:
+        for e, (n, task) in enumerate(zip(lengths, tasks, strict=True)):
+            episode = writer.begin_episode(task)
+            record(episode, n, cameras, episode_seed=e)
+            episode.save()
+    return root
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_dataset_support import FPS, frame_images, record
+from test_dataset_support import FPS, frame_images, write_dataset
 from typer.testing import CliRunner
 
 from sf_policy.cli.main import app
 from sf_policy.data.features import STATE
 from sf_policy.data.validate import Problem, validate
-from sf_policy.data.writer import DatasetWriter, tasks_table
+from sf_policy.data.writer import tasks_table
 
 CAMERAS = {"cam_high": (32, 48), "cam_left_wrist": (32, 48)}
 LENGTHS = (12, 9)
@@ -39,13 +39,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def valid_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("valid") / "ds"
-    with DatasetWriter.create(root, fps=FPS, cameras=CAMERAS) as writer:
-        for e, (n, task) in enumerate(zip(LENGTHS, TASKS)):
-            ep = writer.begin_episode(task)
-            record(ep, n, CAMERAS, episode_seed=e)
-            ep.save()
-    return root
+    return write_dataset(tmp_path_factory.mktemp("valid") / "ds", CAMERAS, LENGTHS, TASKS)
 
 
 @pytest.fixture

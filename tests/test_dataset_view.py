@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import BRINGUP, REPO
-from test_dataset_support import FPS, record
+from test_dataset_support import FPS, write_dataset
 from typer.testing import CliRunner
 
 from sf_policy import topics
@@ -43,15 +43,7 @@ def sf(*args) -> object:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from sf_policy.data.writer import DatasetWriter
-
-    root = tmp_path_factory.mktemp("view") / "cups"
-    with DatasetWriter.create(root, fps=FPS, cameras=CAMERAS) as writer:
-        for e, (n, task) in enumerate(zip(LENGTHS, TASKS)):
-            episode = writer.begin_episode(task)
-            record(episode, n, CAMERAS, episode_seed=e)
-            episode.save()
-    return root
+    return write_dataset(tmp_path_factory.mktemp("view") / "cups", CAMERAS, LENGTHS, TASKS)
 
 
 # -- reading a .rrd back -------------------------------------------------------------------------
