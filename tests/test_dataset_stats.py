@@ -174,3 +174,23 @@ def test_the_writer_stores_exact_dataset_stats_and_per_episode_stats(tmp_path):
         assert np.asarray(stats[key][stat]).shape == ((1,) if stat == "count" else (3, 1, 1))
         np.testing.assert_allclose(stats[key][stat], expected[stat], rtol=1e-12, err_msg=stat)
     assert all(0 <= stats[key][s].min() and stats[key][s].max() <= 1 for s in stats_mod.STAT_KEYS if s != "count")
+
+
+def test_dataset_stats_are_exact_while_small_then_aggregated(monkeypatch):
+    """DatasetStats (the writer's and sf dataset edit's stats.json): exact over every frame up
+    to the limit, a pending episode counted as added, LeRobot's aggregation past the limit,
+    and then no column is read any more."""
+    monkeypatch.setattr(stats_mod, "EXACT_STATS_MAX_FRAMES", 10)
+    rng = np.random.default_rng(0)
+    episodes = [rng.normal(size=(n, 3)) for n in (4, 5, 6)]
+    acc = stats_mod.DatasetStats(["x"])
+    per_episode = [{"x": stats_mod.vector_stats(e)} for e in episodes]
+    acc.add(per_episode[0], 4, {"x": episodes[0]})
+    exact = acc.result(["x"], pending=(per_episode[1], {"x": episodes[1]}))["x"]
+    np.testing.assert_allclose(exact["q50"], np.quantile(np.concatenate(episodes[:2]), 0.5, axis=0))
+    acc.add(per_episode[1], 5, lambda: {"x": episodes[1]})
+    acc.add(per_episode[2], 6, lambda: pytest.fail("columns read past the exact limit"))
+    aggregated = acc.result(["x"])["x"]
+    expected = stats_mod.aggregate([s["x"] for s in per_episode])
+    for key in ("mean", "std", "min", "max", "count"):
+        np.testing.assert_allclose(aggregated[key], expected[key])

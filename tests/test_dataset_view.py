@@ -29,8 +29,6 @@ from sf_policy.data.view import (
 )
 from sf_policy.embodiment import ARM_STATE_NAMES, JOINT_NAMES, SIDES
 
-pytest.importorskip("rerun")
-
 CAMERAS = {"cam_high": (32, 48), "cam_left_wrist": (32, 48), "cam_right_wrist": (32, 48)}
 LENGTHS = (10, 7)
 TASKS = ("pick up the red cup", "put the cup on the plate")

@@ -66,7 +66,6 @@ from .features import (
 from .reader import column_to_numpy, data_file, load_episode_rows, load_info, load_tasks, read_episode_table, video_file
 from .video import VideoOptions, add_video_stream, check_codec, video_info
 from .writer import (
-    EXACT_STATS_MAX_FRAMES,
     IMAGE_STATS_EVERY,
     SIM_SEED,
     encoder_info,
@@ -512,11 +511,10 @@ class _Builder:
         self.features = info["features"]
         self.tasks: dict[str, int] = {}  # numbered by first appearance, as the writer does
         self.from_index = 0
-        self.episode_stats: list[dict[str, stats_mod.Stats]] = []
-        self.columns: dict[str, list[np.ndarray]] | None = {k: [] for k in numeric_keys(self.features)}
+        self.stats = stats_mod.DatasetStats(numeric_keys(self.features))  # stats.json, as the writer keeps it
 
     def add(self, pick: Pick) -> None:
-        j = len(self.episode_stats)
+        j = len(self.stats.episodes)
         loc = episode_location(j, self.info["chunks_size"])
         for task in pick.row["tasks"] or ():
             self.tasks.setdefault(task, len(self.tasks))
@@ -529,12 +527,7 @@ class _Builder:
         ep_stats |= {key: self._image_stats(pick, key) for key in video_keys(self.features)}
         self._geometry(pick, j)
         self._meta_row(pick, j, loc, n, ep_stats, columns)
-        self.episode_stats.append(ep_stats)
-        if self.columns is not None:
-            for key, values in columns.items():
-                self.columns[key].append(values)
-            if self.from_index > EXACT_STATS_MAX_FRAMES:
-                self.columns = None  # from now on aggregate, as the writer does
+        self.stats.add(ep_stats, n, columns)
 
     def _data(self, pick: Pick, j: int, loc: dict) -> dict[str, np.ndarray]:
         """The episode's data parquet under its new number; returns its numeric columns."""
@@ -616,8 +609,8 @@ class _Builder:
         from .validate import validate
 
         write_parquet(self.root / TASKS_PATH, tasks_table(self.tasks))
-        write_json(self.root / STATS_PATH, stats_mod.to_jsonable(self._dataset_stats()))
-        episodes = len(self.episode_stats)
+        write_json(self.root / STATS_PATH, stats_mod.to_jsonable(self.stats.result(stats_features(self.features))))
+        episodes = len(self.stats.episodes)
         info = self.info | {"total_episodes": episodes, "total_frames": self.from_index,
                             "total_tasks": len(self.tasks), "splits": {"train": f"0:{episodes}"}}
         write_json(self.root / INFO_PATH, info)
@@ -626,16 +619,6 @@ class _Builder:
             listed = "; ".join(str(p) for p in problems[:3])
             raise DatasetError(f"{dest}: the edited dataset would have {len(problems)} problem(s), nothing was "
                                f"written: {listed}")
-
-    def _dataset_stats(self) -> dict:
-        """Exact over all frames up to EXACT_STATS_MAX_FRAMES, else aggregated (writer.py)."""
-        out = {}
-        for key in stats_features(self.features):
-            if self.columns is not None and key in self.columns:
-                out[key] = stats_mod.vector_stats(np.concatenate(self.columns[key]))
-            else:
-                out[key] = stats_mod.aggregate([s[key] for s in self.episode_stats])
-        return out
 
 
 def _check_saved_stats(pick: Pick, ep_stats: dict) -> None:

@@ -13,6 +13,8 @@ is cheap, otherwise aggregated as LeRobot does (count-weighted, parallel varianc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
 QUANTILES: tuple[float, ...] = (0.01, 0.10, 0.50, 0.90, 0.99)
@@ -118,3 +120,49 @@ def expected_shape(feature: dict, stat: str) -> tuple[int, ...]:
     if feature["dtype"] in ("video", "image"):
         return (3, 1, 1)
     return tuple(feature["shape"])
+
+
+#: Up to this many frames, dataset statistics are recomputed exactly from all frames (the
+#: low-dimensional columns are kept in memory: ~250 bytes a frame); beyond, aggregated.
+EXACT_STATS_MAX_FRAMES = 200_000
+
+
+class DatasetStats:
+    """meta/stats.json as episodes are added, for the writer and for ``sf dataset edit``:
+    exact over every frame while the dataset has at most ``EXACT_STATS_MAX_FRAMES``, then
+    LeRobot's aggregation of the per-episode statistics."""
+
+    def __init__(self, column_keys: Iterable[str]):
+        self.episodes: list[dict[str, Stats]] = []
+        self._columns: dict[str, list[np.ndarray]] | None = {k: [] for k in column_keys}
+        self._frames = 0
+
+    def add(self, ep_stats: dict[str, Stats], frames: int,
+            columns: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray]]) -> None:
+        """One more episode; ``columns`` (or a function reading them) is only used while exact."""
+        self.episodes.append(ep_stats)
+        self._frames += frames
+        if self._columns is not None and self._frames > EXACT_STATS_MAX_FRAMES:
+            self._columns = None  # from now on: aggregate
+        if self._columns is not None:
+            values = columns() if callable(columns) else columns
+            for key, parts in self._columns.items():
+                parts.append(values[key])
+
+    def result(self, keys: Iterable[str], pending: tuple[dict[str, Stats], dict[str, np.ndarray]] | None = None
+               ) -> dict[str, Stats]:
+        """The statistics of every feature in ``keys``; ``pending``: an episode not added yet
+        (its stats and columns), counted as if it were."""
+        ep_stats, columns = pending if pending else (None, {})
+        episodes = self.episodes + ([ep_stats] if ep_stats else [])
+        if not episodes:
+            return {}
+        new_frames = len(next(iter(columns.values()))) if columns else 0
+        exact = self._columns is not None and self._frames + new_frames <= EXACT_STATS_MAX_FRAMES
+        out = {}
+        for key in keys:
+            if exact and key in self._columns:
+                out[key] = vector_stats(np.concatenate(self._columns[key] + ([columns[key]] if key in columns else [])))
+            else:
+                out[key] = aggregate([s[key] for s in episodes])
+        return out

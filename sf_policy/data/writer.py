@@ -77,9 +77,6 @@ __all__ = ["DatasetError", "DatasetWriter", "Episode", "EpisodeSummary", "VideoO
 ROBOT_TYPE = "agilex_piper_bimanual"
 #: Test hook (CRASH_ENV): the process doing that step of the commit is SIGKILLed right after it.
 CRASH_POINTS = ("staged", "data", "videos", "tasks", "meta", "stats", "info")
-#: Up to this many frames, dataset statistics are recomputed exactly from all frames at each
-#: commit (the low-dimensional columns are kept in memory: ~250 bytes a frame).
-EXACT_STATS_MAX_FRAMES = 200_000
 #: Image statistics sample every n-th frame, downsampled to ~150 px as LeRobot does.
 IMAGE_STATS_EVERY = 10
 
@@ -395,8 +392,7 @@ class DatasetWriter:
         self._active: set[Episode] = set()
         self._active_lock = threading.Lock()
         self._rows: list[dict] = []  # committed meta/episodes rows, without stats
-        self._episode_stats: list[dict[str, stats_mod.Stats]] = []
-        self._columns: dict[str, list[np.ndarray]] | None = {k: [] for k in numeric_keys(self.features)}
+        self._stats = stats_mod.DatasetStats(numeric_keys(self.features))
         self._tasks: dict[str, int] = {}
 
     # -- construction
@@ -608,32 +604,15 @@ class DatasetWriter:
                             "splits": {"train": f"0:{episodes}"} if episodes else {}}
 
     def _dataset_stats(self, columns: dict[str, np.ndarray] | None, ep_stats: dict | None) -> dict:
-        """stats.json: exact over all frames while they fit in memory, else LeRobot's aggregation."""
-        all_stats = self._episode_stats + ([ep_stats] if ep_stats else [])
-        if not all_stats:
-            return {}
-        new_frames = len(next(iter(columns.values()))) if columns else 0
-        exact = self._columns is not None and self.num_frames + new_frames <= EXACT_STATS_MAX_FRAMES
-        out = {}
-        for key in stats_features(self.features):
-            if exact and key in self._columns:
-                parts = self._columns[key] + ([columns[key]] if columns else [])
-                out[key] = stats_mod.vector_stats(np.concatenate(parts))
-            else:
-                out[key] = stats_mod.aggregate([s[key] for s in all_stats])
-        return out
+        """stats.json, with the episode being committed (its columns and stats) if given."""
+        pending = (ep_stats, columns or {}) if ep_stats else None
+        return self._stats.result(stats_features(self.features), pending)
 
     def _remember(self, row: dict, ep_stats: dict, columns: dict, tasks: dict, info: dict) -> None:
         self._rows.append({k: v for k, v in row.items() if not k.startswith("stats/")})
-        self._episode_stats.append(ep_stats)
+        self._stats.add(ep_stats, len(next(iter(columns.values()))), columns)
         self._tasks = tasks
         self.info = info
-        if self._columns is not None:
-            if self.num_frames > EXACT_STATS_MAX_FRAMES:
-                self._columns = None  # from now on: aggregate
-            else:
-                for key, values in columns.items():
-                    self._columns[key].append(values)
 
     # -- recovery (open)
 
@@ -689,13 +668,11 @@ class DatasetWriter:
             ep_stats[key] = {s: np.atleast_1d(np.asarray(row[f"stats/{key}/{s}"])) for s in stats_mod.STAT_KEYS
                              if f"stats/{key}/{s}" in row}
         self._rows.append({k: v for k, v in row.items() if not k.startswith("stats/")})
-        self._episode_stats.append(ep_stats)
-        if self._columns is not None and self.num_frames <= EXACT_STATS_MAX_FRAMES:
-            table = read_episode_table(self.root, self.info, row)
-            for key in self._columns:
-                self._columns[key].append(column_to_numpy(table.column(key), self.features[key]))
-        else:
-            self._columns = None
+        self._stats.add(ep_stats, row["length"], lambda: self._read_columns(row))
+
+    def _read_columns(self, row: dict) -> dict[str, np.ndarray]:
+        table = read_episode_table(self.root, self.info, row)
+        return {key: column_to_numpy(table.column(key), self.features[key]) for key in numeric_keys(self.features)}
 
     def _repair_meta(self) -> None:
         """Rewrite info.json and stats.json if an interrupted commit left them behind the episodes."""
