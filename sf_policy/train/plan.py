@@ -149,10 +149,15 @@ class _SavedTensors:
         self.layers = list(checkpointable_layers(model).values())
         self.inputs = [0] * len(self.layers)
         self.current: int | None = None
+        # Every counted storage is held until the count is done: a storage freed during the
+        # forward (a discarded branch's graph) could otherwise hand its address, our key, to a
+        # new one, and the two would count as one (a real CPU run once came out 128 bytes short).
+        self._held: list = []
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage(tensor)
         if key not in self.weights:
+            self._held.append(tensor.untyped_storage())
             self.sizes[key] = max(self.sizes.get(key, 0), tensor.untyped_storage().nbytes())
             if self.current is not None:
                 self.owner.setdefault(key, self.current)
